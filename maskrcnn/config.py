@@ -1,0 +1,289 @@
+"""Configuration: frozen dataclasses with commented defaults, and presets.
+
+Only ``model/build.py`` reads a config to make modules; every constructor
+below it takes plain typed values. Defaults are the paper's R50-FPN Mask R-CNN
+as torchvision implements it; ``detectron2_r50_fpn`` gives Detectron2's
+variant of the same model. A config round-trips through ``to_dict`` /
+``from_dict`` so checkpoints can carry it as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal, get_type_hints
+
+ResizeRule = Literal["torchvision", "detectron2"]
+PasteRule = Literal["torchvision", "detectron2"]
+PoolerKind = Literal["roi_align", "roi_pool", "roi_warp"]
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How a user's image becomes the network input."""
+
+    # Test-time resize: the shortest edge to `min_size`, unless that makes the
+    # longest edge exceed `max_size` (then the longest edge to `max_size`).
+    min_size: int = 800
+    max_size: int = 1333
+    # "torchvision": scale computed in float32, output size floor(size * scale),
+    #   bilinear interpolation of the normalised float image.
+    # "detectron2": scale in float64, size rounded half up, PIL bilinear on the
+    #   uint8 image before normalisation.
+    resize_rule: ResizeRule = "torchvision"
+    # Channel order the network expects; images are always read as RGB.
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    # Pixels enter as values in [0, pixel_range] (1.0: floats in [0, 1];
+    # 255.0: Caffe-style 0-255), then (x - mean) / std per channel.
+    pixel_range: float = 1.0
+    pixel_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    # Padded batch sides are multiples of this, so every FPN level lines up.
+    size_divisibility: int = 32
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """ResNet / ResNeXt bottleneck backbone with frozen batch norm."""
+
+    depth: int = 50  # 50 or 101 (152 also works)
+    groups: int = 1  # ResNeXt cardinality: 32 for 32x4d / 32x8d, 64 for 64x4d
+    width_per_group: int = 64  # 64 for ResNet; 4 or 8 for ResNeXt
+    # MSRA/Caffe2 ResNets put the stride-2 in the first 1x1 conv of a block;
+    # PyTorch's put it in the 3x3. Detectron2's weights need True.
+    stride_in_1x1: bool = False
+    norm_eps: float = 1e-5  # FrozenBatchNorm epsilon
+    # Stages up to this one are not trained (1 = stem, 2 = stem and res2).
+    freeze_at: int = 2
+
+
+@dataclass(frozen=True)
+class FPNConfig:
+    """Feature Pyramid Network P2-P6 (P6 is a stride-2 subsampling of P5)."""
+
+    out_channels: int = 256
+    # Strides of P2..P6 with respect to the input: passed explicitly, never
+    # inferred from feature shapes.
+    strides: tuple[int, ...] = (4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """One anchor size per FPN level, several aspect ratios (height / width)."""
+
+    sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # torchvision rounds the cell anchors' corners to integers; Detectron2 does not.
+    round_to_int: bool = True
+    # Anchor centres sit at (offset + i) * stride.
+    offset: float = 0.0
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    """Region Proposal Network: head, proposal selection, and training targets."""
+
+    pre_nms_topk_test: int = 1000  # per FPN level
+    post_nms_topk_test: int = 1000  # per image, after NMS over all levels
+    pre_nms_topk_train: int = 2000
+    post_nms_topk_train: int = 2000
+    nms_thresh: float = 0.7
+    # Proposals narrower or shorter than this are dropped (torchvision keeps
+    # w, h >= 1e-3; Detectron2 keeps w, h > 0, i.e. 0.0 here with strict=True).
+    min_box_size: float = 1e-3
+    min_box_size_strict: bool = False
+    box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    # Training (issue 3): anchor labelling and sampling.
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    smooth_l1_beta: float = 1.0 / 9.0
+
+
+@dataclass(frozen=True)
+class PoolerConfig:
+    """Multi-level RoI feature extraction (Section 3 of the paper)."""
+
+    kind: PoolerKind = "roi_align"
+    resolution: int = 7
+    # Bilinear samples per bin along each axis; 0 = adaptive, ceil(roi / resolution).
+    sampling_ratio: int = 2
+    # True shifts RoI corners by -0.5 px so that a box's continuous
+    # coordinates line up with pixel centres (Detectron2's ROIAlignV2).
+    aligned: bool = False
+    # FPN level of a box: floor(canonical_level + log2(sqrt(wh) / canonical_box_size) + level_eps)
+    canonical_box_size: float = 224.0
+    canonical_level: int = 4
+    level_eps: float = 1e-6
+
+
+@dataclass(frozen=True)
+class BoxHeadConfig:
+    """2-fc box head with class-specific regression, and detection post-processing."""
+
+    pooler: PoolerConfig = field(default_factory=PoolerConfig)
+    fc_dim: int = 1024
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+    # Detections narrower or shorter than this are dropped (torchvision: 1e-2;
+    # Detectron2 drops nothing here: None).
+    min_box_size: float | None = 1e-2
+    # Training (issue 3).
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    box_loss: Literal["smooth_l1", "l1"] = "smooth_l1"
+    smooth_l1_beta: float = 1.0 / 9.0
+
+
+@dataclass(frozen=True)
+class MaskHeadConfig:
+    """Small FCN: 4 conv 3x3, a 2x deconv, one S x S mask per class."""
+
+    pooler: PoolerConfig = field(default_factory=lambda: PoolerConfig(resolution=14))
+    conv_dims: tuple[int, ...] = (256, 256, 256, 256)
+    # How a mask is resized to its box and pasted into the image:
+    # "torchvision": mask padded by one pixel, bilinear resize to the box rounded
+    #   to integers; "detectron2": bilinear sampling at pixel centres of the exact box.
+    paste_rule: PasteRule = "torchvision"
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole detector."""
+
+    num_classes: int = 80  # foreground classes K
+    class_names: tuple[str, ...] = ()
+    # category_ids[label] is the dataset's id of contiguous label `label`.
+    category_ids: tuple[int, ...] = ()
+    input: InputConfig = field(default_factory=InputConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
+    mask_head: MaskHeadConfig | None = field(default_factory=MaskHeadConfig)
+    # After mapping boxes back to the input image, clip them to it and drop
+    # empty ones (Detectron2 does; torchvision does not).
+    clip_to_original: bool = False
+
+    def __post_init__(self) -> None:
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if self.category_ids and len(self.category_ids) != self.num_classes:
+            raise ValueError(f"{len(self.category_ids)} category ids for {self.num_classes} classes")
+
+    def category_id(self, label: int) -> int:
+        """The dataset's category id of a contiguous label (label + 1 when none are given)."""
+        return self.category_ids[label] if self.category_ids else label + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, data)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _from_dict(cls: type, data: Any) -> Any:
+    """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output."""
+    if data is None:
+        return None
+    hints = get_type_hints(cls)
+    kwargs = {}
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        hint = hints[f.name]
+        sub = _dataclass_in(hint)
+        if sub is not None and value is not None:
+            value = _from_dict(sub, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    if is_dataclass(hint):
+        return hint
+    for arg in getattr(hint, "__args__", ()):
+        if is_dataclass(arg):
+            return arg
+    return None
+
+
+# ---------------------------------------------------------------------------
+# COCO class lists and presets of the two peer frameworks.
+
+# torchvision numbers COCO classes by their category id (1..90), with "N/A"
+# in the ten ids COCO does not use.
+COCO_CATEGORY_NAMES: dict[int, str] = dict(
+    enumerate(
+        [
+            "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
+            "boat", "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter",
+            "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear",
+            "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A", "handbag", "tie",
+            "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
+            "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "N/A",
+            "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+            "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake",
+            "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A",
+            "toilet", "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+            "microwave", "oven", "toaster", "sink", "refrigerator", "N/A", "book", "clock",
+            "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+        ],  # fmt: skip
+        start=1,
+    )
+)
+COCO_IDS_80: tuple[int, ...] = tuple(i for i, n in COCO_CATEGORY_NAMES.items() if n != "N/A")
+
+
+def torchvision_r50_fpn() -> ModelConfig:
+    """torchvision's ``maskrcnn_resnet50_fpn``: 90 COCO id slots (ten of them "N/A")."""
+    ids = tuple(COCO_CATEGORY_NAMES)
+    return ModelConfig(
+        num_classes=len(ids),
+        class_names=tuple(COCO_CATEGORY_NAMES[i] for i in ids),
+        category_ids=ids,
+    )
+
+
+def detectron2_r50_fpn() -> ModelConfig:
+    """Detectron2's ``mask_rcnn_R_50_FPN_3x``: 80 contiguous COCO classes."""
+    adaptive_v2 = PoolerConfig(resolution=7, sampling_ratio=0, aligned=True, level_eps=0.0)
+    return ModelConfig(
+        num_classes=len(COCO_IDS_80),
+        class_names=tuple(COCO_CATEGORY_NAMES[i] for i in COCO_IDS_80),
+        category_ids=COCO_IDS_80,
+        input=InputConfig(
+            resize_rule="detectron2",
+            channel_order="BGR",
+            pixel_range=255.0,
+            pixel_mean=(103.530, 116.280, 123.675),
+            pixel_std=(1.0, 1.0, 1.0),
+        ),
+        backbone=BackboneConfig(stride_in_1x1=True),
+        anchors=AnchorConfig(round_to_int=False),
+        rpn=RPNConfig(min_box_size=0.0, min_box_size_strict=True, post_nms_topk_train=1000,
+                      smooth_l1_beta=0.0),
+        box_head=BoxHeadConfig(pooler=adaptive_v2, min_box_size=None, smooth_l1_beta=0.0),
+        mask_head=MaskHeadConfig(
+            pooler=dataclasses.replace(adaptive_v2, resolution=14), paste_rule="detectron2"
+        ),
+        clip_to_original=True,
+    )

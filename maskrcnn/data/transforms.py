@@ -1,0 +1,90 @@
+"""Test-time input transform: resize, normalise, pad into an ``ImageBatch``.
+
+Two resize rules reproduce the two peers exactly:
+
+- ``"torchvision"``: pixels to floats in [0, 1], normalised, then bilinearly
+  interpolated (``align_corners=False``); the scale is
+  ``min(min_size / short, max_size / long)`` in float32 and each side becomes
+  ``floor(side * scale)``.
+- ``"detectron2"``: the short side goes to ``min_size`` (the long one capped
+  at ``max_size``), sides rounded half up, the uint8 image resized by PIL's
+  bilinear filter; then normalised.
+
+Shapes: images ``(H, W, 3)`` uint8 RGB -> ``tensor (N, 3, H', W')`` float32,
+``H'``, ``W'`` multiples of ``size_divisibility``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.nn import functional as F
+
+from ..config import InputConfig
+from ..structures import ImageBatch
+
+
+def resized_size(height: int, width: int, cfg: InputConfig) -> tuple[int, int]:
+    """Network-input ``(h, w)`` of an image of ``(height, width)``."""
+    if cfg.resize_rule == "torchvision":
+        short = torch.tensor(float(min(height, width)))
+        long = torch.tensor(float(max(height, width)))
+        scale = torch.minimum(cfg.min_size / short, cfg.max_size / long).item()
+        return math.floor(height * scale), math.floor(width * scale)
+    scale = cfg.min_size / min(height, width)
+    h, w = (cfg.min_size, scale * width) if height < width else (scale * height, cfg.min_size)
+    if max(h, w) > cfg.max_size:
+        shrink = cfg.max_size / max(h, w)
+        h, w = h * shrink, w * shrink
+    return int(h + 0.5), int(w + 0.5)
+
+
+def _normalise(image: Tensor, cfg: InputConfig) -> Tensor:
+    """``(3, H, W)`` float in [0, pixel_range], RGB -> normalised in the configured channel order."""
+    if cfg.channel_order == "BGR":
+        image = image.flip(0)
+    mean = torch.tensor(cfg.pixel_mean, dtype=image.dtype, device=image.device)[:, None, None]
+    std = torch.tensor(cfg.pixel_std, dtype=image.dtype, device=image.device)[:, None, None]
+    return (image - mean) / std
+
+
+def prepare_image(image: np.ndarray, cfg: InputConfig, device: torch.device | str = "cpu") -> Tensor:
+    """One ``(H, W, 3)`` uint8 RGB image -> normalised ``(3, h, w)`` network input."""
+    height, width = image.shape[:2]
+    h, w = resized_size(height, width, cfg)
+    if cfg.resize_rule == "detectron2":
+        if (h, w) != (height, width):
+            image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        x = torch.as_tensor(np.array(image, copy=True)).to(device).permute(2, 0, 1).float()
+        return _normalise(x * (cfg.pixel_range / 255.0), cfg)
+    x = torch.as_tensor(np.array(image, copy=True)).to(device).permute(2, 0, 1).float() / 255.0
+    x = _normalise(x * cfg.pixel_range, cfg)
+    if (h, w) != (height, width):
+        x = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return x
+
+
+def pad_batch(images: list[Tensor], size_divisibility: int) -> Tensor:
+    """Zero-pad ``(3, h_i, w_i)`` images to one ``(N, 3, H, W)`` tensor, sides multiples of the divisor."""
+    h = max(im.shape[1] for im in images)
+    w = max(im.shape[2] for im in images)
+    d = size_divisibility
+    h, w = (h + d - 1) // d * d, (w + d - 1) // d * d
+    batch = images[0].new_zeros((len(images), 3, h, w))
+    for i, im in enumerate(images):
+        batch[i, :, : im.shape[1], : im.shape[2]] = im
+    return batch
+
+
+def make_batch(images: list[np.ndarray], cfg: InputConfig, device: torch.device | str = "cpu") -> ImageBatch:
+    """Images as ``(H, W, 3)`` uint8 RGB arrays -> ``ImageBatch`` on ``device``."""
+    tensors = [prepare_image(im, cfg, device) for im in images]
+    return ImageBatch(
+        tensor=pad_batch(tensors, cfg.size_divisibility),
+        image_sizes=[(t.shape[1], t.shape[2]) for t in tensors],
+        original_sizes=[(im.shape[0], im.shape[1]) for im in images],
+    )

@@ -1,0 +1,81 @@
+"""Anchors: one size per FPN level, several aspect ratios, at every feature location.
+
+A cell anchor of size ``s`` and aspect ratio ``a = h / w`` has area ``s^2``:
+``w = s / sqrt(a)``, ``h = s * sqrt(a)``, centred on 0. It is placed at
+``((x + offset) * stride, (y + offset) * stride)`` for every location of the
+level's feature map. Anchors are ordered location-major (row, column), then
+by aspect ratio, which matches the RPN head's ``(N, A, H, W)`` outputs after
+``permute(0, 2, 3, 1)``.
+
+Shapes: per level ``(H_l * W_l * A, 4)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def cell_anchors(size: float, aspect_ratios: tuple[float, ...], round_to_int: bool) -> Tensor:
+    """``(A, 4)`` anchors of one size centred at the origin."""
+    ratios = torch.tensor(aspect_ratios, dtype=torch.float32)
+    h_ratio = torch.sqrt(ratios)
+    w_ratio = 1.0 / h_ratio
+    ws = w_ratio * size
+    hs = h_ratio * size
+    anchors = torch.stack((-ws, -hs, ws, hs), dim=1) / 2
+    # torchvision rounds the corners to whole pixels; Detectron2 keeps them exact.
+    return anchors.round() if round_to_int else anchors
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors of every level for a padded batch of a given size."""
+
+    def __init__(
+        self,
+        *,
+        sizes: tuple[float, ...],
+        aspect_ratios: tuple[float, ...],
+        strides: tuple[int, ...],
+        round_to_int: bool,
+        offset: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if len(sizes) != len(strides):
+            raise ValueError(f"{len(sizes)} anchor sizes for {len(strides)} feature levels")
+        self.strides = strides
+        self.offset = offset
+        self.num_anchors = len(aspect_ratios)
+        self.cells = [cell_anchors(s, aspect_ratios, round_to_int) for s in sizes]
+
+    def forward(self, feature_shapes: list[tuple[int, int]], device: torch.device) -> list[Tensor]:
+        anchors = []
+        for (h, w), stride, cell in zip(feature_shapes, self.strides, self.cells, strict=True):
+            ys = (torch.arange(h, dtype=torch.float32, device=device) + self.offset) * stride
+            xs = (torch.arange(w, dtype=torch.float32, device=device) + self.offset) * stride
+            y, x = torch.meshgrid(ys, xs, indexing="ij")
+            shifts = torch.stack((x, y, x, y), dim=-1).reshape(-1, 1, 4)
+            # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4)
+            anchors.append((shifts + cell.to(device)[None]).reshape(-1, 4))
+        return anchors
+
+
+def level_of_boxes(
+    boxes: Tensor, *, min_level: int, max_level: int, canonical_size: float, canonical_level: int,
+    eps: float,
+) -> Tensor:
+    """FPN level index (0-based from ``min_level``) of each box, Eq. 1 of the FPN paper.
+
+    ``k = floor(k0 + log2(sqrt(wh) / 224))``, clamped to the available levels:
+    a 224-pixel box maps to level 4, a box half that size one level lower.
+    """
+    size = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    level = torch.floor(canonical_level + torch.log2(size / canonical_size) + eps)
+    return level.clamp(min=min_level, max=max_level).long() - min_level
+
+
+def level_range(strides: tuple[int, ...]) -> tuple[int, int]:
+    """``(min_level, max_level)`` for feature maps of these strides (stride 4 is level 2)."""
+    return int(math.log2(strides[0])), int(math.log2(strides[-1]))

@@ -1,0 +1,139 @@
+"""ResNet and ResNeXt bottleneck backbones with frozen batch norm (He et al. 2016; Xie et al. 2017).
+
+The stem (7x7 conv, stride 2, 3x3 max pool, stride 2) is followed by four
+stages of bottleneck blocks, ``layer1 .. layer4`` (the paper's res2..res5,
+C2..C5, strides 4, 8, 16, 32). A bottleneck is 1x1 -> 3x3 -> 1x1 with a
+projection shortcut on the first block of each stage. ResNeXt makes the 3x3
+a grouped convolution and widens it: ``groups x width_per_group`` channels
+in the first stage, doubling with each stage.
+
+Detection fine-tunes from ImageNet with tiny per-GPU batches, where batch
+statistics are useless, so batch norm is frozen into a per-channel affine map.
+
+Shapes: ``(N, 3, H, W)`` -> C2..C5 of ``(N, 256 * 2^i, H / 2^(i+2), W / 2^(i+2))``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine parameters: ``y = x * scale + shift``."""
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None].to(x.dtype) + shift[None, :, None, None].to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand; residual sum, then ReLU."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        width: int,
+        out_channels: int,
+        stride: int,
+        groups: int,
+        stride_in_1x1: bool,
+        eps: float,
+    ) -> None:
+        super().__init__()
+        # MSRA's ResNets subsample in the first 1x1 conv, PyTorch's in the 3x3.
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(in_channels, width, 1, stride=s1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(width, eps=eps)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, groups=groups, bias=False)
+        self.bn2 = FrozenBatchNorm2d(width, eps=eps)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = FrozenBatchNorm2d(out_channels, eps=eps)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                FrozenBatchNorm2d(out_channels, eps=eps),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """Bottleneck ResNet / ResNeXt body returning C2..C5."""
+
+    def __init__(
+        self,
+        *,
+        depth: int = 50,
+        groups: int = 1,
+        width_per_group: int = 64,
+        stride_in_1x1: bool = False,
+        eps: float = 1e-5,
+        freeze_at: int = 2,
+    ) -> None:
+        super().__init__()
+        if depth not in BLOCKS_PER_STAGE:
+            raise ValueError(f"ResNet depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}")
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(64, eps=eps)
+        in_channels = 64
+        self.out_channels: list[int] = []
+        for stage, blocks in enumerate(BLOCKS_PER_STAGE[depth]):
+            width = groups * width_per_group * 2**stage
+            out_channels = 256 * 2**stage
+            layer = nn.Sequential(
+                *(
+                    Bottleneck(
+                        in_channels=in_channels if i == 0 else out_channels,
+                        width=width,
+                        out_channels=out_channels,
+                        stride=2 if (i == 0 and stage > 0) else 1,
+                        groups=groups,
+                        stride_in_1x1=stride_in_1x1,
+                        eps=eps,
+                    )
+                    for i in range(blocks)
+                )
+            )
+            self.add_module(f"layer{stage + 1}", layer)
+            self.out_channels.append(out_channels)
+            in_channels = out_channels
+        self.freeze(freeze_at)
+
+    def freeze(self, freeze_at: int) -> None:
+        """Stop gradients to the stem (``freeze_at >= 1``) and stages res2..res{freeze_at}."""
+        frozen: list[nn.Module] = [self.conv1] if freeze_at >= 1 else []
+        frozen += [getattr(self, f"layer{k - 1}") for k in range(2, freeze_at + 1)]
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = nn.functional.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        features = []
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            x = getattr(self, name)(x)
+            features.append(x)
+        return features

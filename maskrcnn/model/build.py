@@ -1,0 +1,85 @@
+"""Config -> modules: the whole detector visible at once. The only reader of ``ModelConfig``."""
+
+from __future__ import annotations
+
+from ..config import ModelConfig, PoolerConfig
+from ..ops.boxes import BoxCoder
+from .anchors import AnchorGenerator
+from .backbone import ResNet
+from .box_head import BoxHead
+from .fpn import FPN, BackboneWithFPN
+from .mask_head import MaskHead
+from .mask_rcnn import InferenceSettings, MaskRCNN
+from .poolers import MultiLevelRoIPooler
+from .rpn import RPN, RPNHead
+
+
+def build_pooler(cfg: PoolerConfig, strides: tuple[int, ...]) -> MultiLevelRoIPooler:
+    if cfg.kind != "roi_align":
+        raise NotImplementedError(f"pooler kind {cfg.kind!r} is not available yet")
+    return MultiLevelRoIPooler(
+        strides=strides[:4],  # P2..P5: P6 serves the RPN only
+        resolution=cfg.resolution,
+        sampling_ratio=cfg.sampling_ratio,
+        aligned=cfg.aligned,
+        canonical_box_size=cfg.canonical_box_size,
+        canonical_level=cfg.canonical_level,
+        level_eps=cfg.level_eps,
+    )
+
+
+def build_model(cfg: ModelConfig) -> MaskRCNN:
+    b = cfg.backbone
+    body = ResNet(
+        depth=b.depth, groups=b.groups, width_per_group=b.width_per_group,
+        stride_in_1x1=b.stride_in_1x1, eps=b.norm_eps, freeze_at=b.freeze_at,
+    )
+    channels = cfg.fpn.out_channels
+    backbone = BackboneWithFPN(
+        body=body,
+        fpn=FPN(in_channels=body.out_channels, out_channels=channels),
+        strides=cfg.fpn.strides,
+    )
+    anchors = AnchorGenerator(
+        sizes=cfg.anchors.sizes, aspect_ratios=cfg.anchors.aspect_ratios, strides=cfg.fpn.strides,
+        round_to_int=cfg.anchors.round_to_int, offset=cfg.anchors.offset,
+    )
+    rpn = RPN(
+        head=RPNHead(in_channels=channels, num_anchors=anchors.num_anchors),
+        anchor_generator=anchors,
+        box_coder=BoxCoder(cfg.rpn.box_weights),
+        nms_thresh=cfg.rpn.nms_thresh,
+        min_box_size=cfg.rpn.min_box_size,
+        min_box_size_strict=cfg.rpn.min_box_size_strict,
+    )
+    bh = cfg.box_head
+    box_head = BoxHead(
+        in_channels=channels, resolution=bh.pooler.resolution, fc_dim=bh.fc_dim, num_classes=cfg.num_classes
+    )
+    mh = cfg.mask_head
+    mask_head = None
+    mask_pooler = None
+    if mh is not None:
+        mask_pooler = build_pooler(mh.pooler, cfg.fpn.strides)
+        mask_head = MaskHead(in_channels=channels, conv_dims=mh.conv_dims, num_classes=cfg.num_classes)
+    inference = InferenceSettings(
+        rpn_pre_nms_topk=cfg.rpn.pre_nms_topk_test,
+        rpn_post_nms_topk=cfg.rpn.post_nms_topk_test,
+        box_coder=BoxCoder(bh.box_weights),
+        score_thresh=bh.score_thresh,
+        nms_thresh=bh.nms_thresh,
+        detections_per_image=bh.detections_per_image,
+        min_box_size=bh.min_box_size,
+        paste_rule=mh.paste_rule if mh is not None else "torchvision",
+        mask_threshold=mh.threshold if mh is not None else 0.5,
+        clip_to_original=cfg.clip_to_original,
+    )
+    return MaskRCNN(
+        backbone=backbone,
+        rpn=rpn,
+        box_pooler=build_pooler(bh.pooler, cfg.fpn.strides),
+        box_head=box_head,
+        mask_pooler=mask_pooler,
+        mask_head=mask_head,
+        inference=inference,
+    )

@@ -1,0 +1,147 @@
+"""The Mask R-CNN detector (He et al. 2017, Figure 1): backbone+FPN, RPN, box and mask heads.
+
+``predict(batch)`` runs inference: proposals from the RPN, RoIAlign features
+for the box head, per-class detections, RoIAlign features of the detections
+for the mask head, and the mask of each detection's class pasted into the
+image at its box. Boxes and masks come back in the pixels of the images the
+user passed in (``ImageBatch.original_sizes``).
+
+Shapes: ``batch.tensor (N, 3, H, W)`` -> ``N`` ``Detections`` with
+``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)``, ``masks (D, H_i, W_i)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.boxes import BoxCoder, clip_boxes, large_enough, scale_boxes
+from ..ops.masks import paste_masks
+from ..structures import Detections, ImageBatch
+from .box_head import BoxHead, detect_boxes
+from .fpn import BackboneWithFPN
+from .mask_head import MaskHead, mask_probabilities
+from .poolers import MultiLevelRoIPooler
+from .rpn import RPN
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Numbers of the inference path (see ``config.py`` for their meaning)."""
+
+    rpn_pre_nms_topk: int
+    rpn_post_nms_topk: int
+    box_coder: BoxCoder
+    score_thresh: float
+    nms_thresh: float
+    detections_per_image: int
+    min_box_size: float | None
+    paste_rule: str
+    mask_threshold: float
+    clip_to_original: bool
+
+
+class MaskRCNN(nn.Module):
+    """Backbone with FPN, RPN, box head and (optionally) mask head."""
+
+    def __init__(
+        self,
+        *,
+        backbone: BackboneWithFPN,
+        rpn: RPN,
+        box_pooler: MultiLevelRoIPooler,
+        box_head: BoxHead,
+        mask_pooler: MultiLevelRoIPooler | None,
+        mask_head: MaskHead | None,
+        inference: InferenceSettings,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+        self.box_pooler = box_pooler
+        self.box_head = box_head
+        self.mask_pooler = mask_pooler
+        self.mask_head = mask_head
+        self.inference = inference
+
+    @torch.no_grad()
+    def predict(self, batch: ImageBatch, *, timings: dict[str, float] | None = None) -> list[Detections]:
+        """Detections for every image of the batch, in original-image pixels.
+
+        ``timings``, when given, receives seconds per stage (``backbone``,
+        ``rpn``, ``box_head``, ``mask_head``, ``paste``).
+        """
+        clock = _StageClock(timings, batch.tensor.device)
+        s = self.inference
+        features = self.backbone(batch.tensor)
+        clock.lap("backbone")
+        logits, deltas, anchors = self.rpn(features)
+        proposals = self.rpn.propose(
+            logits, deltas, anchors, batch.image_sizes,
+            pre_nms_topk=s.rpn_pre_nms_topk, post_nms_topk=s.rpn_post_nms_topk,
+        )
+        clock.lap("rpn")
+        boxes = [p.boxes for p in proposals]
+        class_logits, box_deltas = self.box_head(self.box_pooler(features, boxes))
+        detections = detect_boxes(
+            class_logits, box_deltas, boxes, batch.image_sizes,
+            box_coder=s.box_coder, score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
+            detections_per_image=s.detections_per_image, min_box_size=s.min_box_size,
+        )
+        clock.lap("box_head")
+        mask_probs: list[Tensor | None] = [None] * len(detections)
+        if self.mask_head is not None and self.mask_pooler is not None:
+            mask_logits = self.mask_head(self.mask_pooler(features, [d.boxes for d in detections]))
+            labels = torch.cat([d.labels for d in detections])
+            mask_probs = list(mask_probabilities(mask_logits, labels).split([len(d) for d in detections]))
+        clock.lap("mask_head")
+        results = [
+            self._to_original(d, m, size, original)
+            for d, m, size, original in zip(
+                detections, mask_probs, batch.image_sizes, batch.original_sizes, strict=True
+            )
+        ]
+        clock.lap("paste")
+        return results
+
+    def _to_original(
+        self, det: Detections, mask_probs: Tensor | None, size: tuple[int, int], original: tuple[int, int]
+    ) -> Detections:
+        """Map one image's detections from network-input to original pixels and paste its masks."""
+        s = self.inference
+        boxes = scale_boxes(det.boxes, (original[1] / size[1], original[0] / size[0]))
+        if s.clip_to_original:
+            boxes = clip_boxes(boxes, original)
+            keep = large_enough(boxes, 0.0, strict=True)
+            det = det[keep]
+            boxes = boxes[keep]
+            mask_probs = None if mask_probs is None else mask_probs[keep]
+        masks = None
+        if mask_probs is not None:
+            masks = paste_masks(mask_probs, boxes, original, s.paste_rule, s.mask_threshold)
+        return Detections(boxes, det.scores, det.labels, masks)
+
+
+class _StageClock:
+    """Records wall time per stage into a dict, synchronising CUDA so times are real."""
+
+    def __init__(self, sink: dict[str, float] | None, device: torch.device) -> None:
+        self.sink = sink
+        self.device = device
+        self.last = self._now() if sink is not None else 0.0
+
+    def _now(self) -> float:
+        import time
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.sink is None:
+            return
+        now = self._now()
+        self.sink[name] = self.sink.get(name, 0.0) + now - self.last
+        self.last = now

@@ -1,0 +1,67 @@
+"""Multi-level RoI feature extraction: each RoI is pooled from the FPN level that suits its size.
+
+A box of ``sqrt(wh) = 224`` pixels reads level 4 (stride 16); each halving of
+its size moves one level finer (FPN paper, Eq. 1). RoIs are grouped by level,
+pooled with RoIAlign (or the ablation's RoIPool / RoIWarp), and put back in
+their original order.
+
+Shapes: features ``[(N, C, H_l, W_l)]`` for P2..P5, boxes ``[(R_i, 4)]`` per
+image -> ``(sum R_i, C, P, P)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.roi_align import roi_align
+from .anchors import level_of_boxes, level_range
+
+
+class MultiLevelRoIPooler(nn.Module):
+    """Assigns RoIs to levels and pools each group at that level's stride."""
+
+    def __init__(
+        self,
+        *,
+        strides: tuple[int, ...],
+        resolution: int,
+        sampling_ratio: int,
+        aligned: bool,
+        canonical_box_size: float,
+        canonical_level: int,
+        level_eps: float,
+    ) -> None:
+        super().__init__()
+        self.strides = strides
+        self.resolution = resolution
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.canonical_box_size = canonical_box_size
+        self.canonical_level = canonical_level
+        self.level_eps = level_eps
+
+    def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
+        features = features[: len(self.strides)]
+        batch_index = torch.cat(
+            [torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)]
+        )
+        rois = torch.cat((batch_index, torch.cat(boxes)), dim=1)  # (R, 5)
+        n, c = features[0].shape[:2]
+        out = features[0].new_zeros((rois.shape[0], c, self.resolution, self.resolution))
+        if rois.shape[0] == 0:
+            return out
+        min_level, max_level = level_range(self.strides)
+        levels = level_of_boxes(
+            rois[:, 1:], min_level=min_level, max_level=max_level,
+            canonical_size=self.canonical_box_size, canonical_level=self.canonical_level,
+            eps=self.level_eps,
+        )
+        for level, (feature, stride) in enumerate(zip(features, self.strides, strict=True)):
+            idx = (levels == level).nonzero(as_tuple=True)[0]
+            if idx.numel() == 0:
+                continue
+            pooled = roi_align(feature, rois[idx], self.resolution, 1.0 / stride,
+                               self.sampling_ratio, self.aligned)
+            out = out.index_copy(0, idx, pooled)
+        return out

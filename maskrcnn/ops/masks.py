@@ -1,0 +1,164 @@
+"""Pasting ``S x S`` mask predictions into the image (the paper's inference step).
+
+"The m x m floating-number mask output is then resized to the RoI size, and
+binarized at a threshold of 0.5." Two conventions exist for that resize:
+
+- ``"torchvision"``: the mask is padded by one zero pixel on each side and
+  its box grown to match, the box is truncated to integers, and the padded
+  mask is resized to that integer box by bilinear interpolation (PyTorch's
+  ``interpolate``, ``align_corners=False``, edge-clamped).
+- ``"detectron2"``: each image pixel centre inside the box is mapped into the
+  mask and sampled bilinearly (``grid_sample``, zero outside the mask).
+
+Both are separable, so for a window of image rows ``Y`` and columns ``X``
+around a box the pasted values are ``Wy @ mask @ Wx^T`` with per-axis weight
+matrices. Detections are processed in chunks of similar window size, and
+each window is written into its image with one indexed assignment.
+
+Shapes: ``masks (D, S, S)`` probabilities, ``boxes (D, 4)`` in image pixels,
+result ``(D, H, W)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..config import PasteRule
+
+# Elements of pasted windows computed at once (D * h * w).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _interpolate_weights(first: Tensor, count: Tensor, span: int, src_size: int) -> Tensor:
+    """Bilinear ``interpolate`` weights from ``src_size`` to ``count`` outputs.
+
+    Output index ``k`` (``0 <= k < count``) of each row reads source
+    coordinate ``(k + 0.5) * src_size / count - 0.5`` clamped at 0, as
+    PyTorch's ``upsample_bilinear2d`` (``align_corners=False``) does.
+    ``first (D,)`` is the index of the first output in the window, ``span``
+    the window length. Returns ``(D, span, src_size)``.
+    """
+    d = first.shape[0]
+    k = first[:, None] + torch.arange(span, device=first.device)  # (D, span)
+    valid = (k >= 0) & (k < count[:, None])
+    scale = src_size / count.to(torch.float32)
+    src = (scale[:, None] * (k.to(torch.float32) + 0.5) - 0.5).clamp(min=0)
+    low = src.floor().long().clamp(max=src_size - 1)
+    frac = (src - low.to(src.dtype)).clamp(0, 1)
+    high = torch.where(low < src_size - 1, low + 1, low)
+    weights = torch.zeros(d, span, src_size, device=first.device)
+    weights.scatter_add_(2, low[..., None], ((1 - frac) * valid)[..., None])
+    weights.scatter_add_(2, high[..., None], (frac * valid)[..., None])
+    return weights
+
+
+def _grid_sample_weights(pixels: Tensor, lo: Tensor, hi: Tensor, src_size: int) -> Tensor:
+    """Bilinear ``grid_sample`` weights (``align_corners=False``, zero padding).
+
+    Pixel ``p`` (its centre at ``p + 0.5``) of each row maps to normalised
+    ``g = (p + 0.5 - lo) / (hi - lo) * 2 - 1`` and to source coordinate
+    ``((g + 1) * src_size - 1) / 2``; taps outside the source weigh nothing.
+    ``pixels (D, span)`` int64, ``lo``, ``hi`` ``(D,)``. Returns ``(D, span, src_size)``.
+    """
+    centre = pixels.to(torch.float32) + 0.5
+    g = (centre - lo[:, None]) / (hi - lo)[:, None] * 2 - 1
+    src = ((g + 1) * src_size - 1) / 2
+    low = src.floor()
+    frac = src - low
+    low = low.long()
+    weights = torch.zeros(*pixels.shape, src_size + 2, device=pixels.device)
+    # Shift taps by one so that index -1 and src_size land in two spare slots.
+    for tap, w in ((low, 1 - frac), (low + 1, frac)):
+        weights.scatter_add_(2, (tap + 1).clamp(0, src_size + 1)[..., None], w[..., None])
+    return weights[:, :, 1:-1]
+
+
+def _sampling_windows(boxes: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Image window ``(y0, y1, x0, x1)`` (end exclusive) that grid sampling can set.
+
+    Outside the box grown by one pixel each value is below one half of an edge
+    mask pixel, so it never reaches the 0.5 threshold (Detectron2 pastes into
+    the same window on the CPU).
+    """
+    h, w = size
+    x0 = (boxes[:, 0].floor() - 1).clamp(min=0).long()
+    y0 = (boxes[:, 1].floor() - 1).clamp(min=0).long()
+    x1 = (boxes[:, 2].ceil() + 1).clamp(max=w).long()
+    y1 = (boxes[:, 3].ceil() + 1).clamp(max=h).long()
+    return y0, y1, x0, x1
+
+
+def paste_masks(
+    masks: Tensor,
+    boxes: Tensor,
+    size: tuple[int, int],
+    rule: PasteRule = "torchvision",
+    threshold: float | None = 0.5,
+) -> Tensor:
+    """Paste ``masks (D, S, S)`` into ``(D, H, W)`` images at ``boxes (D, 4)``.
+
+    With a ``threshold`` the result is bool (``value > threshold`` for the
+    torchvision rule, ``>=`` for Detectron2's, as each framework does);
+    without one it is the float probabilities.
+    """
+    h, w = size
+    d = masks.shape[0]
+    dtype = torch.bool if threshold is not None else torch.float32
+    out = torch.zeros((d, h, w), dtype=dtype, device=masks.device)
+    if d == 0:
+        return out
+    masks = masks.float()
+    boxes = boxes.float()
+    if rule == "torchvision":
+        # One pixel of zero padding around each mask, the box grown by the same
+        # factor about its centre, then truncated to integer pixels.
+        s = masks.shape[-1]
+        masks = torch.nn.functional.pad(masks, (1, 1, 1, 1))
+        scale = (s + 2) / s
+        half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
+        centre = (boxes[:, 2:] + boxes[:, :2]) * 0.5
+        ibox = torch.cat((centre - half, centre + half), dim=1).long()
+        bw = (ibox[:, 2] - ibox[:, 0] + 1).clamp(min=1)
+        bh = (ibox[:, 3] - ibox[:, 1] + 1).clamp(min=1)
+        x0 = ibox[:, 0].clamp(min=0)
+        y0 = ibox[:, 1].clamp(min=0)
+        x1 = (ibox[:, 2] + 1).clamp(max=w)
+        y1 = (ibox[:, 3] + 1).clamp(max=h)
+    else:
+        y0, y1, x0, x1 = _sampling_windows(boxes, size)
+    x1 = torch.maximum(x1, x0)
+    y1 = torch.maximum(y1, y0)
+    extent = ((y1 - y0) * (x1 - x0)).clamp(min=1)
+    order = torch.argsort(extent)
+    # Chunks of detections whose padded windows fit the element budget.
+    sizes = extent[order].tolist()
+    start = 0
+    while start < d:
+        stop = start + 1
+        while stop < d and sizes[stop] * (stop + 1 - start) <= _CHUNK_ELEMENTS:
+            stop += 1
+        idx = order[start:stop]
+        span_y = int((y1[idx] - y0[idx]).max())
+        span_x = int((x1[idx] - x0[idx]).max())
+        start = stop
+        if span_y == 0 or span_x == 0:
+            continue
+        rows = y0[idx, None] + torch.arange(span_y, device=masks.device)
+        cols = x0[idx, None] + torch.arange(span_x, device=masks.device)
+        if rule == "torchvision":
+            wy = _interpolate_weights(y0[idx] - ibox[idx, 1], bh[idx], span_y, masks.shape[-2])
+            wx = _interpolate_weights(x0[idx] - ibox[idx, 0], bw[idx], span_x, masks.shape[-1])
+        else:
+            b = boxes[idx]
+            wy = _grid_sample_weights(rows, b[:, 1], b[:, 3], masks.shape[-2])
+            wx = _grid_sample_weights(cols, b[:, 0], b[:, 2], masks.shape[-1])
+        # (D, span_y, S) @ (D, S, S) @ (D, S, span_x)
+        values = torch.bmm(torch.bmm(wy, masks[idx]), wx.transpose(1, 2))
+        if threshold is not None:
+            values = values > threshold if rule == "torchvision" else values >= threshold
+        inside = (rows < y1[idx, None])[:, :, None] & (cols < x1[idx, None])[:, None, :]
+        det = idx[:, None, None].expand_as(inside)
+        out[det[inside], rows[:, :, None].expand_as(inside)[inside],
+            cols[:, None, :].expand_as(inside)[inside]] = values[inside].to(dtype)
+    return out

@@ -1,0 +1,101 @@
+"""Typed data passed between the stages of the detector.
+
+Conventions, stated once for the whole package:
+
+- Boxes are ``(x0, y0, x1, y1)`` (XYXY) in absolute pixels, float32. Inside the
+  model they are in the pixels of the resized network input; the detections a
+  user receives are in the pixels of the image they passed in.
+- Labels are contiguous foreground indices ``0 .. K-1``. The classifier has
+  ``K + 1`` outputs with background at index 0; ``ModelConfig.category_ids``
+  maps a label to the dataset's category id (COCO ids for COCO checkpoints).
+
+Shape shorthand: ``N`` images, ``R`` RoIs, ``D`` detections, ``K`` classes,
+``S`` mask side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ImageBatch:
+    """Images resized, normalised and padded to one tensor.
+
+    ``tensor`` is ``(N, 3, H, W)``; image ``i`` occupies
+    ``tensor[i, :, :h_i, :w_i]`` with ``(h_i, w_i) = image_sizes[i]`` and zeros
+    beyond. ``original_sizes[i]`` is the ``(h, w)`` the user passed in, which
+    detections are mapped back to.
+    """
+
+    tensor: Tensor
+    image_sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return self.tensor.shape[0]
+
+    def to(self, device: torch.device | str) -> ImageBatch:
+        return ImageBatch(self.tensor.to(device), list(self.image_sizes), list(self.original_sizes))
+
+
+@dataclass
+class Proposals:
+    """Region proposals of one image: ``boxes (R, 4)`` and objectness ``scores (R,)``."""
+
+    boxes: Tensor
+    scores: Tensor
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+
+@dataclass
+class Detections:
+    """Final detections of one image.
+
+    ``boxes (D, 4)``, ``scores (D,)`` in [0, 1], ``labels (D,)`` int64 contiguous
+    class indices. ``masks`` is ``(D, H, W)`` bool at the image's resolution
+    when the model has a mask head; ``keypoints`` is ``(D, P, 3)`` with
+    ``(x, y, score)`` per keypoint when it has a keypoint head.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    masks: Tensor | None = None
+    keypoints: Tensor | None = None
+    class_names: list[str] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    def to(self, device: torch.device | str) -> Detections:
+        return Detections(
+            self.boxes.to(device),
+            self.scores.to(device),
+            self.labels.to(device),
+            None if self.masks is None else self.masks.to(device),
+            None if self.keypoints is None else self.keypoints.to(device),
+            self.class_names,
+        )
+
+    def __getitem__(self, index: Tensor | slice) -> Detections:
+        return Detections(
+            self.boxes[index],
+            self.scores[index],
+            self.labels[index],
+            None if self.masks is None else self.masks[index],
+            None if self.keypoints is None else self.keypoints[index],
+            self.class_names,
+        )
+
+    @property
+    def names(self) -> list[str]:
+        """The class name of each detection (empty strings when unknown)."""
+        return [
+            self.class_names[i] if i < len(self.class_names) else "" for i in self.labels.tolist()
+        ]
