@@ -1,0 +1,124 @@
+"""torchvision ``maskrcnn_resnet50_fpn`` (and ``fasterrcnn_resnet50_fpn``) weights -> ours.
+
+torchvision names the model after its module tree
+(``backbone.fpn.inner_blocks.0.0``, ``roi_heads.box_predictor.cls_score``).
+Two layouts exist: current torchvision wraps convolutions in
+``Conv2dNormActivation`` (``inner_blocks.i.0``, ``rpn.head.conv.0.0``,
+``mask_head.i.0``); files published by older versions, which users still
+download, have bare convolutions (``inner_blocks.i``, ``rpn.head.conv``,
+``mask_head.mask_fcn{1..4}``). Both map to the same names here.
+
+Class slots: torchvision's box predictor has ``K + 1`` outputs everywhere,
+background at 0. Our classifier keeps all ``K + 1`` (background first too),
+but box regression and mask logits only exist for the ``K`` foreground
+classes, so their background slot (the first 4 rows of ``bbox_pred``, the
+first row of ``mask_fcn_logits``) is dropped. With COCO's 91 slots, K = 90
+labels are COCO category ids minus one, ten of them "N/A".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from maskrcnn.config import ModelConfig, torchvision_r50_fpn
+from maskrcnn.convert.shapes import as_tensor, infer_config
+
+Transform = Callable[[Tensor], Tensor]
+
+
+def _drop_rows(n: int) -> Transform:
+    """Drop the first ``n`` rows (background's slot) of a weight or bias."""
+    return lambda t: t[n:]
+
+
+# (pattern over torchvision's name, our name as a re.sub template, transform of the value).
+# `(?:0\.)?` accepts both the current (wrapped) and the old (bare) conv layouts.
+_RULES: list[tuple[re.Pattern[str], str, Transform | None]] = [
+    (re.compile(p), r, t)
+    for p, r, t in [
+        (r"backbone\.body\.(.+)", r"backbone.body.\1", None),
+        (r"backbone\.fpn\.inner_blocks\.(\d+)\.(?:0\.)?(weight|bias)", r"backbone.fpn.lateral.\1.\2", None),
+        (r"backbone\.fpn\.layer_blocks\.(\d+)\.(?:0\.)?(weight|bias)", r"backbone.fpn.output.\1.\2", None),
+        (r"rpn\.head\.conv\.(?:0\.0\.)?(weight|bias)", r"rpn.head.conv.\1", None),
+        (r"rpn\.head\.cls_logits\.(weight|bias)", r"rpn.head.objectness.\1", None),
+        (r"rpn\.head\.bbox_pred\.(weight|bias)", r"rpn.head.deltas.\1", None),
+        (r"roi_heads\.box_head\.fc6\.(weight|bias)", r"box_head.fc1.\1", None),
+        (r"roi_heads\.box_head\.fc7\.(weight|bias)", r"box_head.fc2.\1", None),
+        (r"roi_heads\.box_predictor\.cls_score\.(weight|bias)", r"box_head.cls_score.\1", None),
+        # (4 (K + 1), D) -> (4 K, D): class k's deltas sit at rows 4k..4k+3 in both.
+        (r"roi_heads\.box_predictor\.bbox_pred\.(weight|bias)", r"box_head.bbox_pred.\1", _drop_rows(4)),
+        (r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)", r"mask_head.convs.\1.\2", None),
+        (r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)", r"mask_head.deconv.\1", None),
+        # (K + 1, 256, 1, 1) -> (K, 256, 1, 1)
+        (r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", r"mask_head.predictor.\1",
+         _drop_rows(1)),
+    ]
+]
+# Old layout's mask convs are numbered from 1.
+_OLD_MASK_FCN = re.compile(r"roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)")
+
+# Batch-norm step counters: meaningless for frozen batch norm.
+_IGNORED_SUFFIXES = (".num_batches_tracked",)
+_KEYPOINT_PREFIXES = ("roi_heads.keypoint_head.", "roi_heads.keypoint_predictor.")
+# maskrcnn_resnet50_fpn_v2: conv box head and norm layers in FPN and heads.
+_V2_MARKERS = ("roi_heads.box_head.0.0.weight", "backbone.fpn.inner_blocks.0.1.weight")
+
+
+def matches(keys: Iterable[str]) -> bool:
+    """Whether these state-dict keys look like a torchvision detection model."""
+    keys = set(keys)
+    return "backbone.body.conv1.weight" in keys and any(
+        k.startswith(("roi_heads.", "rpn.head.cls_logits.")) for k in keys
+    )
+
+
+def _rename(name: str) -> tuple[str, Transform | None]:
+    m = _OLD_MASK_FCN.fullmatch(name)
+    if m:
+        return f"mask_head.convs.{int(m.group(1)) - 1}.{m.group(2)}", None
+    for pattern, template, transform in _RULES:
+        if pattern.fullmatch(name):
+            return pattern.sub(template, name), transform
+    # Unknown names pass through, so that validation reports them as unexpected.
+    return name, None
+
+
+def convert(state: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Our config and state dict from a torchvision detection state dict.
+
+    The config starts from ``torchvision_r50_fpn()``; depth, ResNeXt width,
+    class count and mask head presence come from the tensors. Raises
+    ValueError for keypoint and v2 models.
+    """
+    if any(k.startswith(_KEYPOINT_PREFIXES) for k in state):
+        raise ValueError(
+            "this is a torchvision keypoint R-CNN checkpoint: keypoint checkpoints are not supported yet"
+        )
+    if any(k in state for k in _V2_MARKERS):
+        raise ValueError(
+            "this is a torchvision *_fpn_v2 checkpoint (conv box head, normalised FPN and heads), "
+            "which is not supported: only the original R-CNN FPN architecture is"
+        )
+    out: dict[str, Tensor] = {}
+    source: dict[str, str] = {}
+    for name, value in state.items():
+        if name.endswith(_IGNORED_SUFFIXES):
+            continue
+        new, transform = _rename(name)
+        if new in out:
+            raise ValueError(f"{source[new]} and {name} both map to {new}")
+        tensor = as_tensor(name, value)
+        out[new] = transform(tensor) if transform is not None else tensor
+        source[new] = name
+    return infer_config(torchvision_r50_fpn(), out), out
+
+
+def save_state_dict(path: str | os.PathLike[str], state: Mapping[str, Tensor]) -> None:
+    """Write a torchvision-style checkpoint: ``torch.save`` of the plain name -> tensor dict."""
+    torch.save(dict(state), path)

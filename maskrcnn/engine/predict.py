@@ -1,0 +1,114 @@
+"""Prediction: a loaded model that takes images and returns typed detections.
+
+``Predictor`` owns the model, its config (input transform, class names,
+category ids) and a device. It accepts file paths, PIL images, numpy arrays
+and tensors (see ``data.images.to_rgb_array`` for the conventions), batches
+them in the order given, and returns one ``Detections`` per image in that
+image's pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import ModelConfig
+from ..data.images import load_image, to_rgb_array
+from ..data.transforms import make_batch
+from ..model import MaskRCNN, build_model
+from ..structures import Detections
+
+ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
+
+
+class Predictor:
+    """Runs a Mask R-CNN on images. Build one with ``maskrcnn.load(path)``."""
+
+    def __init__(
+        self,
+        model: MaskRCNN,
+        config: ModelConfig,
+        *,
+        device: str | torch.device = "cpu",
+        score_threshold: float | None = None,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if score_threshold is not None:
+            # Dropping low scores before per-class NMS and the top-k cap keeps
+            # exactly the detections above the threshold that NMS would keep.
+            settings = model.inference
+            self.model.inference = dataclasses.replace(
+                settings, score_thresh=max(settings.score_thresh, score_threshold)
+            )
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    def category_ids(self, detections: Detections) -> list[int]:
+        """The dataset's category id of each detection (COCO ids for COCO checkpoints)."""
+        return [self.config.category_id(int(label)) for label in detections.labels]
+
+    def predict_arrays(
+        self, images: Sequence[np.ndarray], *, timings: dict[str, float] | None = None
+    ) -> list[Detections]:
+        """One forward pass over ``(H, W, 3)`` uint8 RGB arrays batched together."""
+        batch = make_batch(list(images), self.config.input, self.device)
+        detections = self.model.predict(batch, timings=timings)
+        names = list(self.config.class_names)
+        return [dataclasses.replace(d.to("cpu"), class_names=names) for d in detections]
+
+    def __call__(
+        self, images: ImageLike | Sequence[ImageLike], *, batch_size: int = 1
+    ) -> Detections | list[Detections]:
+        """Detections of one image, or a list for a list of images (batched ``batch_size`` at a time)."""
+        single = not isinstance(images, list | tuple)
+        items: list[ImageLike] = [images] if single else list(images)  # type: ignore[list-item]
+        arrays = [_as_array(x) for x in items]
+        results: list[Detections] = []
+        for start in range(0, len(arrays), batch_size):
+            results += self.predict_arrays(arrays[start : start + batch_size])
+        return results[0] if single else results
+
+
+def _as_array(image: ImageLike) -> np.ndarray:
+    if isinstance(image, str | os.PathLike):
+        return load_image(Path(image))
+    return to_rgb_array(image)
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    format: str | None = None,
+    score_threshold: float | None = None,
+) -> Predictor:
+    """Load a checkpoint (ours, torchvision's or Detectron2's, detected from its keys) for prediction."""
+    from ..convert import load_checkpoint
+
+    config, state = load_checkpoint(path, format=format)
+    model = build_model(config)
+    model.load_state_dict(state, strict=True)
+    return Predictor(model, config, device=device, score_threshold=score_threshold)
+
+
+def batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    """Consecutive lists of ``size`` items (the last may be shorter)."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
