@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --constraint constraints.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean peer-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,3 +24,17 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
+
+# The benchmark peer: torchvision in its own virtualenv (a CUDA build that runs
+# on the CPU; several GB). Never a dependency of the package or the tests.
+PEER := .peer-venv
+
+$(PEER)/.installed:
+	test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
+	$(PEER)/bin/python -m pip install torch==2.14.1 torchvision==0.29.1 pillow numpy
+	touch $(PEER)/.installed
+
+peer-venv: $(PEER)/.installed
+
+bench: $(STAMP) $(PEER)/.installed
+	$(BIN)/python benchmarks/bench_predict.py

