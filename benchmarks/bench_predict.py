@@ -12,7 +12,7 @@ directory with the synthetic torchvision-format weights of the
 ``torchvision-maskrcnn-r50-fpn`` reference fixture, so both sides read the
 same pixels and the same numbers.
 
-Ours is timed in this process: ``make_batch`` as ``preprocess``, then
+Ours is timed in this process: ``Predictor.prepare`` as ``preprocess``, then
 ``model.predict(batch, timings=...)`` for the other stages. torchvision is
 timed in a subprocess run by the peer virtual environment
 (``peer_torchvision.py``; create it with ``make peer-venv``). Both sides use
@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from maskrcnn.data.transforms import make_batch
 from maskrcnn.engine.predict import load
 from maskrcnn.engine.reference import reference_dir, shared_dir, write_fixture_weights
 
@@ -96,7 +95,7 @@ def make_input(source: Path | None, size: tuple[int, int], out: Path) -> tuple[P
 def time_ours(weights: Path, image_path: Path, runs: int, warmup: int) -> dict:
     predictor = load(weights)
     pixels = np.asarray(Image.open(image_path).convert("RGB"))
-    model, cfg = predictor.model, predictor.config.input
+    model = predictor.model
     totals: list[float] = []
     per_run: list[dict[str, float]] = []
     detections = None
@@ -104,7 +103,7 @@ def time_ours(weights: Path, image_path: Path, runs: int, warmup: int) -> dict:
         for i in range(warmup + runs):
             stages: dict[str, float] = {}
             start = time.perf_counter()
-            batch = make_batch([pixels], cfg, predictor.device)
+            batch = predictor.prepare([pixels])
             stages["preprocess"] = time.perf_counter() - start
             detections = model.predict(batch, timings=stages)[0]
             total = time.perf_counter() - start

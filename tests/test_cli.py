@@ -42,7 +42,7 @@ def test_results_are_coco_format_in_input_pixels(weights: Path, tmp_path: Path) 
         assert 0 <= x <= x + w <= 96 + 1e-3 and 0 <= y <= y + h <= 64 + 1e-3
         assert r["segmentation"]["size"] == [64, 96]
         assert isinstance(r["segmentation"]["counts"], str)
-    assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:]))
+    assert all(a["score"] >= b["score"] for a, b in zip(results, results[1:], strict=False))
 
 
 def test_directory_sorted_and_bad_images_skipped(weights: Path, tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_directory_sorted_and_bad_images_skipped(weights: Path, tmp_path: Path) 
     (d / "d.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")  # corrupt
     Image.new("RGB", (1, 1), (200, 10, 10)).save(d / "e.png")  # 1x1 is valid
     _photo(d / "f.png", mode="RGBA", seed=3)
-    Image.fromarray((np.arange(64 * 96, dtype=np.uint16).reshape(64, 96) * 10)).save(d / "g.png")  # 16-bit
+    Image.fromarray(np.arange(64 * 96, dtype=np.uint16).reshape(64, 96) * 10).save(d / "g.png")  # 16-bit
     out = tmp_path / "r.json"
     viz = tmp_path / "viz"
     code = main(["predict", str(d), "--weights", str(weights), "--out", str(out), "--viz", str(viz),

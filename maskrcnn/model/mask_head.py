@@ -20,7 +20,9 @@ class MaskHead(nn.Module):
     def __init__(self, *, in_channels: int, conv_dims: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         dims = (in_channels, *conv_dims)
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:]))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:], strict=True)
+        )
         self.deconv = nn.ConvTranspose2d(dims[-1], dims[-1], 2, stride=2)
         self.predictor = nn.Conv2d(dims[-1], num_classes, 1)
 

@@ -141,9 +141,10 @@ def roi_align(
         _align_chunk(flat, (n, h, w), rois[idx], output_size, spatial_scale, sampling_ratio, aligned)
         for idx in _chunks(order, extent[order] * c)
     ]
-    # (R, P, P, C) in size order -> input order, (R, C, P, P)
+    # (R, P, P, C) in size order -> input order, viewed as (R, C, P, P): the
+    # channels-last layout that convolutions on the CPU prefer anyway.
     out = torch.cat(pieces)[torch.argsort(order)]
-    return out.permute(0, 3, 1, 2).contiguous()
+    return out.permute(0, 3, 1, 2)
 
 
 def _chunks(order: Tensor, sorted_elements: Tensor) -> list[Tensor]:
