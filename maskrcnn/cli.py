@@ -1,4 +1,4 @@
-"""The ``maskrcnn`` command: ``predict`` and ``demo``."""
+"""The ``maskrcnn`` command: ``predict``, ``evaluate`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -95,6 +95,45 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .convert import CheckpointError
+    from .engine.evaluate import evaluate, format_table, load_ground_truth
+    from .engine.predict import load
+    from .engine.results import write_json_atomic
+
+    if args.batch_size < 1:
+        raise SystemExit("--batch-size must be at least 1")
+    if args.max_images is not None and args.max_images < 0:
+        raise SystemExit("--max-images must be non-negative")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    if not Path(args.images).is_dir():
+        raise SystemExit(f"error: no such image directory: {args.images}")
+    try:
+        gt = load_ground_truth(args.json)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+    try:
+        predictor = load(args.weights, device=args.device, format=args.format)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from e
+
+    metrics, results = evaluate(predictor, gt, args.images, batch_size=args.batch_size,
+                                max_images=args.max_images)
+    print(format_table(metrics))
+    write_json_atomic(args.out, metrics, indent=2)
+    if args.results:
+        # COCO results records (image_id) that also carry file_name, like predict's output.
+        write_json_atomic(args.results, results)
+    print(f"{metrics['images']} image(s) evaluated; metrics -> {args.out}"
+          + (f"; {len(results)} detections -> {args.results}" if args.results else ""), file=sys.stderr)
+    failed = metrics["images_failed"]
+    if failed:
+        print(f"error: {len(failed)} image(s) could not be evaluated: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .engine.demo import demo
 
@@ -120,6 +159,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep detections scoring above T (default: the model's own, 0.05)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.set_defaults(func=run_predict)
+
+    e = sub.add_parser("evaluate", help="COCO box and mask AP on an annotated image set")
+    e.add_argument("--json", required=True, metavar="FILE", help="COCO annotation file (instances format)")
+    e.add_argument("--images", required=True, metavar="DIR",
+                   help="directory holding the annotation file's images (by their file_name)")
+    e.add_argument("--weights", required=True, metavar="FILE",
+                   help="checkpoint: ours, torchvision's (.pth) or Detectron2's (.pkl/.pth)")
+    e.add_argument("--format", choices=("maskrcnn", "torchvision", "detectron2"), default=None,
+                   help="checkpoint format (default: detected from the file's contents)")
+    e.add_argument("--out", default="metrics.json", metavar="JSON",
+                   help="metrics file to write, AP on the 0-1 scale (default: metrics.json)")
+    e.add_argument("--results", metavar="JSON", help="also write the detections as a COCO results file")
+    e.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
+    e.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="evaluate only the first N images of the annotation file")
+    e.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    e.set_defaults(func=run_evaluate)
+
+    from .engine.train import add_train_arguments, run_train
+
+    t = sub.add_parser("train", help="train on a COCO-format dataset")
+    add_train_arguments(t)
+    t.set_defaults(func=run_train)
 
     d = sub.add_parser("demo", help="run the demo and write its pictures")
     d.add_argument("--out", default="demo_output", metavar="DIR")

@@ -40,19 +40,28 @@ class InputConfig:
     pixel_std: tuple[float, ...] = (0.229, 0.224, 0.225)
     # Padded batch sides are multiples of this, so every FPN level lines up.
     size_divisibility: int = 32
+    # Training: the shortest edge is drawn from these sizes for each image
+    # (multi-scale training; one size = fixed scale), capped by max_size.
+    train_min_sizes: tuple[int, ...] = (800,)
+    # Probability of a horizontal flip of each training image.
+    flip_prob: float = 0.5
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
     """ResNet / ResNeXt bottleneck backbone with frozen batch norm."""
 
-    depth: int = 50  # 50 or 101 (152 also works)
+    depth: int = 50  # 50 or 101 (152 works too; 18 and 34 use basic blocks)
     groups: int = 1  # ResNeXt cardinality: 32 for 32x4d / 32x8d, 64 for 64x4d
     width_per_group: int = 64  # 64 for ResNet; 4 or 8 for ResNeXt
     # MSRA/Caffe2 ResNets put the stride-2 in the first 1x1 conv of a block;
     # PyTorch's put it in the 3x3. Detectron2's weights need True.
     stride_in_1x1: bool = False
-    norm_eps: float = 1e-5  # FrozenBatchNorm epsilon
+    # "frozen_bn" to fine-tune pretrained weights; "gn" or "bn" to train from scratch.
+    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
+    norm_eps: float = 1e-5
+    # Stem width; 64 in every published ResNet (smaller for the CPU demo).
+    base_channels: int = 64
     # Stages up to this one are not trained (1 = stem, 2 = stem and res2).
     freeze_at: int = 2
 
@@ -98,7 +107,11 @@ class RPNConfig:
     bg_iou_thresh: float = 0.3
     batch_size_per_image: int = 256
     positive_fraction: float = 0.5
+    # Box loss: smooth L1 with this beta; 0 makes it plain L1 (Detectron2's choice).
     smooth_l1_beta: float = 1.0 / 9.0
+    # Background anchors this much inside an iscrowd region (intersection over
+    # the anchor's area) are ignored instead of taught as background.
+    crowd_ioa_thresh: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -136,8 +149,9 @@ class BoxHeadConfig:
     bg_iou_thresh: float = 0.5
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
-    box_loss: Literal["smooth_l1", "l1"] = "smooth_l1"
+    # Box loss: smooth L1 with this beta; 0 makes it plain L1.
     smooth_l1_beta: float = 1.0 / 9.0
+    crowd_ioa_thresh: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -287,3 +301,86 @@ def detectron2_r50_fpn() -> ModelConfig:
         ),
         clip_to_original=True,
     )
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Optimisation: SGD with momentum, linear warm-up, step decay (the paper's schedule)."""
+
+    # The paper's 1x schedule: 90k iterations at 16 images per iteration.
+    # With another batch size the learning rate scales linearly, and (unless
+    # iterations are given) the number of iterations inversely.
+    iterations: int = 90_000
+    batch_size: int = 16  # images per iteration, over all processes
+    base_lr: float = 0.02  # at reference_batch_size
+    reference_batch_size: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 1000
+    warmup_factor: float = 1e-3  # the learning rate starts at base_lr * warmup_factor
+    steps: tuple[float, ...] = (2 / 3, 8 / 9)  # decay points, as fractions of the iterations
+    gamma: float = 0.1
+    clip_grad_norm: float = 0.0  # 0 = no clipping
+    amp: bool = True  # float16 autocast on CUDA (ignored on the CPU)
+    bf16_cpu: bool = False  # bfloat16 autocast on the CPU
+    checkpoint_period: int = 5000
+    eval_period: int = 0  # 0 = validate only at the end
+    log_period: int = 20
+    num_workers: int = 2
+    seed: int = 0
+    # Consecutive non-finite losses tolerated (each skips its step) before stopping.
+    max_nonfinite_steps: int = 5
+    sync_bn: bool = False  # SyncBatchNorm across processes (norm="bn" only)
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size / self.reference_batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SolverConfig:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named architecture (and, for the demo, a schedule) usable as ``--preset NAME``."""
+
+    description: str
+    model: ModelConfig
+    solver: SolverConfig = field(default_factory=SolverConfig)
+
+
+def _fpn_preset(depth: int, groups: int = 1, width: int = 64) -> ModelConfig:
+    return ModelConfig(backbone=BackboneConfig(depth=depth, groups=groups, width_per_group=width))
+
+
+def demo_model() -> ModelConfig:
+    """A narrow ResNet-18-FPN with group norm for 128-pixel images: trains from scratch on 2 CPU cores."""
+    return ModelConfig(
+        input=InputConfig(min_size=128, max_size=128, train_min_sizes=(128,)),
+        backbone=BackboneConfig(depth=18, norm="gn", base_channels=32, freeze_at=0),
+        fpn=FPNConfig(out_channels=64),
+        anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0)),
+        rpn=RPNConfig(pre_nms_topk_train=600, post_nms_topk_train=300, pre_nms_topk_test=300,
+                      post_nms_topk_test=150, batch_size_per_image=128),
+        box_head=BoxHeadConfig(fc_dim=256, batch_size_per_image=128, detections_per_image=30),
+        mask_head=MaskHeadConfig(conv_dims=(64, 64, 64, 64)),
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    "r50-fpn": Preset("ResNet-50-FPN Mask R-CNN, the paper's main model", _fpn_preset(50)),
+    "r101-fpn": Preset("ResNet-101-FPN Mask R-CNN", _fpn_preset(101)),
+    "x101-32x8d-fpn": Preset("ResNeXt-101 32x8d FPN Mask R-CNN", _fpn_preset(101, 32, 8)),
+    "x101-64x4d-fpn": Preset("ResNeXt-101 64x4d FPN Mask R-CNN", _fpn_preset(101, 64, 4)),
+    "demo-r18-fpn": Preset(
+        "small ResNet-18-FPN (group norm, 32-wide stem) for 128-px images, trains from scratch on a CPU",
+        demo_model(),
+        SolverConfig(iterations=1500, batch_size=8, base_lr=0.04, reference_batch_size=16,
+                     warmup_iters=100, steps=(0.75, 0.92), checkpoint_period=500, log_period=10,
+                     num_workers=1),
+    ),
+}

@@ -99,3 +99,96 @@ class Detections:
         return [
             self.class_names[i] if i < len(self.class_names) else "" for i in self.labels.tolist()
         ]
+
+
+@dataclass
+class Annotations:
+    """Ground truth of one image as a dataset reads it, in the image's own pixels.
+
+    ``boxes (M, 4)`` float32 XYXY, ``labels (M,)`` int64 contiguous class
+    indices, ``masks (M, H, W)`` uint8 {0, 1} or None, ``keypoints (M, P, 3)``
+    float32 ``(x, y, visibility)`` or None. ``crowd_boxes (G, 4)`` are
+    ``iscrowd`` regions: not instances to detect, but places where a
+    detection is not counted as a mistake (ignored in matching and evaluation).
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    masks: Tensor | None = None
+    keypoints: Tensor | None = None
+    crowd_boxes: Tensor = field(default_factory=lambda: torch.zeros((0, 4)))
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+
+@dataclass
+class Sample:
+    """One dataset item: an ``(H, W, 3)`` uint8 RGB image tensor and its annotations."""
+
+    image: Tensor
+    annotations: Annotations
+    image_id: int
+    file_name: str
+
+
+@dataclass
+class Targets:
+    """Ground truth of one image for training, in network-input pixels (after resize and flip).
+
+    Same fields as ``Annotations``; ``masks`` are ``(M, h, w)`` at the
+    resized image's size (unpadded). ``seed``, when set, makes the random
+    sampling of this image's anchors and RoIs a function of the image's place
+    in the data stream, not of the process that trains on it: the same
+    training whether the batch is split over one process or several, and
+    after a resume.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    masks: Tensor | None = None
+    keypoints: Tensor | None = None
+    crowd_boxes: Tensor = field(default_factory=lambda: torch.zeros((0, 4)))
+    seed: int | None = None
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    def generator(self, salt: int = 0) -> torch.Generator | None:
+        """A CPU generator seeded from ``seed`` (None: use the global RNG)."""
+        if self.seed is None:
+            return None
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + salt) % (2**63))
+
+    def to(self, device: torch.device | str) -> Targets:
+        return Targets(
+            self.boxes.to(device),
+            self.labels.to(device),
+            None if self.masks is None else self.masks.to(device),
+            None if self.keypoints is None else self.keypoints.to(device),
+            self.crowd_boxes.to(device),
+            self.seed,
+        )
+
+
+@dataclass
+class RoISamples:
+    """Training RoIs of one image, sampled from proposals plus the ground-truth boxes.
+
+    ``boxes (S, 4)``; ``classes (S,)`` the classifier's target (0 background,
+    ``label + 1`` foreground); ``gt_index (S,)`` the matched ground-truth
+    instance (meaningful where foreground); ``box_targets (S, 4)`` encoded
+    regression targets towards it.
+    """
+
+    boxes: Tensor
+    classes: Tensor
+    gt_index: Tensor
+    box_targets: Tensor
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    @property
+    def foreground(self) -> Tensor:
+        return self.classes > 0

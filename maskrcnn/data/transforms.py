@@ -28,15 +28,22 @@ from ..config import InputConfig
 from ..structures import ImageBatch
 
 
-def resized_size(height: int, width: int, cfg: InputConfig) -> tuple[int, int]:
-    """Network-input ``(h, w)`` of an image of ``(height, width)``."""
+def resized_size(
+    height: int, width: int, cfg: InputConfig, *, min_size: int | None = None
+) -> tuple[int, int]:
+    """Network-input ``(h, w)`` of an image of ``(height, width)``.
+
+    ``min_size`` overrides ``cfg.min_size`` (training draws it from
+    ``cfg.train_min_sizes``); the long side is still capped at ``cfg.max_size``.
+    """
+    short_target = cfg.min_size if min_size is None else min_size
     if cfg.resize_rule == "torchvision":
         short = torch.tensor(float(min(height, width)))
         long = torch.tensor(float(max(height, width)))
-        scale = torch.minimum(cfg.min_size / short, cfg.max_size / long).item()
+        scale = torch.minimum(short_target / short, cfg.max_size / long).item()
         return math.floor(height * scale), math.floor(width * scale)
-    scale = cfg.min_size / min(height, width)
-    h, w = (cfg.min_size, scale * width) if height < width else (scale * height, cfg.min_size)
+    scale = short_target / min(height, width)
+    h, w = (short_target, scale * width) if height < width else (scale * height, short_target)
     if max(h, w) > cfg.max_size:
         shrink = cfg.max_size / max(h, w)
         h, w = h * shrink, w * shrink
@@ -52,10 +59,19 @@ def _normalise(image: Tensor, cfg: InputConfig) -> Tensor:
     return (image - mean) / std
 
 
-def prepare_image(image: np.ndarray, cfg: InputConfig, device: torch.device | str = "cpu") -> Tensor:
-    """One ``(H, W, 3)`` uint8 RGB image -> normalised ``(3, h, w)`` network input."""
+def prepare_image(
+    image: np.ndarray,
+    cfg: InputConfig,
+    device: torch.device | str = "cpu",
+    *,
+    min_size: int | None = None,
+) -> Tensor:
+    """One ``(H, W, 3)`` uint8 RGB image -> normalised ``(3, h, w)`` network input.
+
+    ``min_size`` overrides ``cfg.min_size`` as in :func:`resized_size`.
+    """
     height, width = image.shape[:2]
-    h, w = resized_size(height, width, cfg)
+    h, w = resized_size(height, width, cfg, min_size=min_size)
     if cfg.resize_rule == "detectron2":
         if (h, w) != (height, width):
             image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))

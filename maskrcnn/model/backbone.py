@@ -1,4 +1,4 @@
-"""ResNet and ResNeXt bottleneck backbones with frozen batch norm (He et al. 2016; Xie et al. 2017).
+"""ResNet and ResNeXt backbones, normally with frozen batch norm (He et al. 2016; Xie et al. 2017).
 
 The stem (7x7 conv, stride 2, 3x3 max pool, stride 2) is followed by four
 stages of bottleneck blocks, ``layer1 .. layer4`` (the paper's res2..res5,
@@ -9,6 +9,8 @@ in the first stage, doubling with each stage.
 
 Detection fine-tunes from ImageNet with tiny per-GPU batches, where batch
 statistics are useless, so batch norm is frozen into a per-channel affine map.
+Training from scratch (the small CPU demo) needs a real normaliser instead:
+``norm="gn"`` (group norm) or ``"bn"``. ResNet-18/34 use basic blocks.
 That map is folded into the preceding convolution at every forward
 (``conv_bn``): one convolution with scaled weights and a bias instead of a
 convolution, a multiply and an add over the activations. The stored tensors
@@ -23,7 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+# Blocks per stage res2..res5; 18 and 34 use basic (two 3x3) blocks, the others bottlenecks.
+BLOCKS_PER_STAGE = {
+    18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)
+}
+BASIC_DEPTHS = (18, 34)
+NormKind = str  # "frozen_bn" | "bn" | "gn"
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -47,11 +54,52 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale[None, :, None, None].to(x.dtype) + shift[None, :, None, None].to(x.dtype)
 
 
-def conv_bn(x: Tensor, conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> Tensor:
-    """``norm(conv(x))`` as a single convolution: weights scaled per output channel, shift as bias."""
+def make_norm(kind: NormKind, channels: int, eps: float) -> nn.Module:
+    """Frozen batch norm (fine-tuning), batch norm, or group norm of 32 groups (training from scratch)."""
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d(channels, eps=eps)
+    if kind == "bn":
+        return nn.BatchNorm2d(channels, eps=eps)
+    if kind == "gn":
+        return nn.GroupNorm(min(32, channels), channels, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}: expected frozen_bn, bn or gn")
+
+
+def conv_bn(x: Tensor, conv: nn.Conv2d, norm: nn.Module) -> Tensor:
+    """``norm(conv(x))``; a frozen batch norm is folded into the convolution's weights and bias."""
+    if not isinstance(norm, FrozenBatchNorm2d):
+        return norm(conv(x))
     scale, shift = norm.scale_and_shift()
     weight = conv.weight * scale[:, None, None, None]
     return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34); residual sum, then ReLU."""
+
+    def __init__(
+        self, *, in_channels: int, out_channels: int, stride: int, norm: NormKind, eps: float
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = make_norm(norm, out_channels, eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = make_norm(norm, out_channels, eps)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                make_norm(norm, out_channels, eps),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu_(conv_bn(x, self.conv1, self.bn1))
+        out = conv_bn(out, self.conv2, self.bn2)
+        if self.downsample is None:
+            out = out + x
+        else:
+            out = out + conv_bn(x, self.downsample[0], self.downsample[1])
+        return torch.relu_(out)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -69,22 +117,23 @@ class Bottleneck(nn.Module):
         stride: int,
         groups: int,
         stride_in_1x1: bool,
+        norm: NormKind,
         eps: float,
     ) -> None:
         super().__init__()
         # MSRA's ResNets subsample in the first 1x1 conv, PyTorch's in the 3x3.
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = nn.Conv2d(in_channels, width, 1, stride=s1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(width, eps=eps)
+        self.bn1 = make_norm(norm, width, eps)
         self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, groups=groups, bias=False)
-        self.bn2 = FrozenBatchNorm2d(width, eps=eps)
+        self.bn2 = make_norm(norm, width, eps)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(out_channels, eps=eps)
+        self.bn3 = make_norm(norm, out_channels, eps)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                FrozenBatchNorm2d(out_channels, eps=eps),
+                make_norm(norm, out_channels, eps),
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -92,14 +141,18 @@ class Bottleneck(nn.Module):
         out = torch.relu_(conv_bn(out, self.conv2, self.bn2))
         out = conv_bn(out, self.conv3, self.bn3)
         if self.downsample is None:
-            out += x
+            out = out + x
         else:
-            out += conv_bn(x, self.downsample[0], self.downsample[1])
+            out = out + conv_bn(x, self.downsample[0], self.downsample[1])
         return torch.relu_(out)
 
 
 class ResNet(nn.Module):
-    """Bottleneck ResNet / ResNeXt body returning C2..C5."""
+    """ResNet / ResNeXt body returning C2..C5.
+
+    ``base_channels`` is the stem's width (64 in the published networks);
+    bottleneck stages output ``4 * base * 2^i`` channels, basic ones ``base * 2^i``.
+    """
 
     def __init__(
         self,
@@ -108,41 +161,54 @@ class ResNet(nn.Module):
         groups: int = 1,
         width_per_group: int = 64,
         stride_in_1x1: bool = False,
+        norm: NormKind = "frozen_bn",
         eps: float = 1e-5,
         freeze_at: int = 2,
+        base_channels: int = 64,
     ) -> None:
         super().__init__()
         if depth not in BLOCKS_PER_STAGE:
             raise ValueError(f"ResNet depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}")
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = FrozenBatchNorm2d(64, eps=eps)
-        in_channels = 64
+        self.conv1 = nn.Conv2d(3, base_channels, 7, stride=2, padding=3, bias=False)
+        self.bn1 = make_norm(norm, base_channels, eps)
+        in_channels = base_channels
         self.out_channels: list[int] = []
         for stage, blocks in enumerate(BLOCKS_PER_STAGE[depth]):
-            width = groups * width_per_group * 2**stage
-            out_channels = 256 * 2**stage
-            layer = nn.Sequential(
-                *(
+            stride = 2 if stage > 0 else 1
+            if depth in BASIC_DEPTHS:
+                out_channels = base_channels * 2**stage
+                blocks_list: list[nn.Module] = [
+                    BasicBlock(in_channels=in_channels if i == 0 else out_channels, out_channels=out_channels,
+                               stride=stride if i == 0 else 1, norm=norm, eps=eps)
+                    for i in range(blocks)
+                ]
+            else:
+                out_channels = 4 * base_channels * 2**stage
+                blocks_list = [
                     Bottleneck(
                         in_channels=in_channels if i == 0 else out_channels,
-                        width=width,
+                        width=groups * width_per_group * 2**stage,
                         out_channels=out_channels,
-                        stride=2 if (i == 0 and stage > 0) else 1,
+                        stride=stride if i == 0 else 1,
                         groups=groups,
                         stride_in_1x1=stride_in_1x1,
+                        norm=norm,
                         eps=eps,
                     )
                     for i in range(blocks)
-                )
-            )
+                ]
+            layer = nn.Sequential(*blocks_list)
             self.add_module(f"layer{stage + 1}", layer)
             self.out_channels.append(out_channels)
             in_channels = out_channels
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self.freeze(freeze_at)
 
     def freeze(self, freeze_at: int) -> None:
         """Stop gradients to the stem (``freeze_at >= 1``) and stages res2..res{freeze_at}."""
-        frozen: list[nn.Module] = [self.conv1] if freeze_at >= 1 else []
+        frozen: list[nn.Module] = [self.conv1, self.bn1] if freeze_at >= 1 else []
         frozen += [getattr(self, f"layer{k - 1}") for k in range(2, freeze_at + 1)]
         for module in frozen:
             for p in module.parameters():

@@ -7,6 +7,11 @@ deltas and clipped to the image, scored by the softmax probability. Low
 scores are dropped, NMS runs per class, and the best ``detections_per_image``
 are kept.
 
+Training (``sample_rois``, ``box_head_loss``): proposals and the ground-truth
+boxes are matched at IoU 0.5, 512 RoIs per image are sampled with at most a
+quarter foreground, and the loss is cross-entropy plus smooth L1 on the true
+class's deltas.
+
 Shapes: ``(R, C, P, P)`` -> logits ``(R, K + 1)``, deltas ``(R, 4K)``.
 """
 
@@ -16,9 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..dist import global_normaliser
 from ..ops.boxes import BoxCoder, clip_boxes, large_enough
+from ..ops.matching import match, sample_balanced
 from ..ops.nms import batched_nms
-from ..structures import Detections
+from ..structures import Detections, RoISamples, Targets
+from .rpn import box_regression_loss
 
 
 class BoxHead(nn.Module):
@@ -30,6 +38,14 @@ class BoxHead(nn.Module):
         self.fc2 = nn.Linear(fc_dim, fc_dim)
         self.cls_score = nn.Linear(fc_dim, num_classes + 1)
         self.bbox_pred = nn.Linear(fc_dim, 4 * num_classes)
+        for fc in (self.fc1, self.fc2):
+            nn.init.kaiming_uniform_(fc.weight, a=1)
+            nn.init.zeros_(fc.bias)
+        # Small initial outputs: near-uniform class scores and near-zero deltas.
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = torch.relu_(self.fc1(x.flatten(1)))
@@ -72,3 +88,55 @@ def detect_boxes(
         keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_image]
         result.append(Detections(boxes[keep], scores[keep], labels[keep]))
     return result
+
+
+def sample_rois(
+    proposals: list[Tensor],
+    targets: list[Targets],
+    *,
+    box_coder: BoxCoder,
+    fg_iou_thresh: float,
+    bg_iou_thresh: float,
+    batch_size_per_image: int,
+    positive_fraction: float,
+    crowd_ioa_thresh: float,
+) -> list[RoISamples]:
+    """Match proposals (with the ground-truth boxes appended) and sample training RoIs per image.
+
+    Appending the ground truth guarantees positives early in training, when
+    the RPN's proposals are still poor.
+    """
+    samples = []
+    for props, t in zip(proposals, targets, strict=True):
+        boxes = torch.cat((props.detach(), t.boxes))
+        m = match(boxes, t.boxes, fg_thresh=fg_iou_thresh, bg_thresh=bg_iou_thresh,
+                  allow_low_quality=False, crowd_boxes=t.crowd_boxes, crowd_ioa_thresh=crowd_ioa_thresh)
+        pos, neg = sample_balanced(m.label, batch_size=batch_size_per_image,
+                                   positive_fraction=positive_fraction, generator=t.generator())
+        keep = torch.cat((pos, neg))
+        classes = torch.zeros(keep.numel(), dtype=torch.int64, device=boxes.device)
+        box_targets = boxes.new_zeros((keep.numel(), 4))
+        if len(t) > 0:
+            classes[: pos.numel()] = t.labels[m.index[pos]] + 1
+            box_targets[: pos.numel()] = box_coder.encode(boxes[pos], t.boxes[m.index[pos]])
+        samples.append(RoISamples(boxes[keep], classes, m.index[keep], box_targets))
+    return samples
+
+
+def box_head_loss(
+    class_logits: Tensor, box_deltas: Tensor, samples: list[RoISamples], *, smooth_l1_beta: float
+) -> dict[str, Tensor]:
+    """Softmax cross-entropy over K + 1 classes, and box regression of the true class on positives.
+
+    The box loss is summed over positives and divided by all sampled RoIs
+    (Fast R-CNN's normalisation), so it does not grow when positives are rare.
+    """
+    classes = torch.cat([s.classes for s in samples])
+    targets = torch.cat([s.box_targets for s in samples])
+    normaliser = global_normaliser(classes.numel(), class_logits.device)
+    loss_classifier = F.cross_entropy(class_logits, classes, reduction="sum") / normaliser
+    pos = (classes > 0).nonzero(as_tuple=True)[0]
+    # (R, 4K) -> (R, K, 4); the deltas of each positive's own class.
+    deltas = box_deltas.view(box_deltas.shape[0], -1, 4)[pos, classes[pos] - 1]
+    box = box_regression_loss(deltas, targets[pos], smooth_l1_beta)
+    return {"loss_classifier": loss_classifier, "loss_box": box / normaliser}

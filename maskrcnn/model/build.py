@@ -9,7 +9,7 @@ from .backbone import ResNet
 from .box_head import BoxHead
 from .fpn import FPN, BackboneWithFPN
 from .mask_head import MaskHead
-from .mask_rcnn import InferenceSettings, MaskRCNN
+from .mask_rcnn import InferenceSettings, MaskRCNN, TrainingSettings
 from .poolers import MultiLevelRoIPooler
 from .rpn import RPN, RPNHead
 
@@ -32,7 +32,8 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
     b = cfg.backbone
     body = ResNet(
         depth=b.depth, groups=b.groups, width_per_group=b.width_per_group,
-        stride_in_1x1=b.stride_in_1x1, eps=b.norm_eps, freeze_at=b.freeze_at,
+        stride_in_1x1=b.stride_in_1x1, norm=b.norm, eps=b.norm_eps, freeze_at=b.freeze_at,
+        base_channels=b.base_channels,
     )
     channels = cfg.fpn.out_channels
     backbone = BackboneWithFPN(
@@ -74,7 +75,27 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         mask_threshold=mh.threshold if mh is not None else 0.5,
         clip_to_original=cfg.clip_to_original,
     )
+    training = TrainingSettings(
+        rpn_pre_nms_topk=cfg.rpn.pre_nms_topk_train,
+        rpn_post_nms_topk=cfg.rpn.post_nms_topk_train,
+        rpn_box_coder=BoxCoder(cfg.rpn.box_weights),
+        rpn_fg_iou_thresh=cfg.rpn.fg_iou_thresh,
+        rpn_bg_iou_thresh=cfg.rpn.bg_iou_thresh,
+        rpn_batch_size_per_image=cfg.rpn.batch_size_per_image,
+        rpn_positive_fraction=cfg.rpn.positive_fraction,
+        rpn_smooth_l1_beta=cfg.rpn.smooth_l1_beta,
+        rpn_crowd_ioa_thresh=cfg.rpn.crowd_ioa_thresh,
+        box_coder=BoxCoder(bh.box_weights),
+        roi_fg_iou_thresh=bh.fg_iou_thresh,
+        roi_bg_iou_thresh=bh.bg_iou_thresh,
+        roi_batch_size_per_image=bh.batch_size_per_image,
+        roi_positive_fraction=bh.positive_fraction,
+        roi_smooth_l1_beta=bh.smooth_l1_beta,
+        roi_crowd_ioa_thresh=bh.crowd_ioa_thresh,
+        mask_size=2 * mh.pooler.resolution if mh is not None else 0,
+    )
     return MaskRCNN(
+        training=training,
         backbone=backbone,
         rpn=rpn,
         box_pooler=build_pooler(bh.pooler, cfg.fpn.strides),

@@ -26,6 +26,9 @@ class FPN(nn.Module):
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         self.out_channels = out_channels
+        for conv in [*self.lateral, *self.output]:
+            nn.init.kaiming_uniform_(conv.weight, a=1)  # "Xavier" fill of Caffe2, as both peers do
+            nn.init.zeros_(conv.bias)
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         top = self.lateral[-1](features[-1])

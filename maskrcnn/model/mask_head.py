@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..dist import global_normaliser
+from ..ops.roi_align import roi_align
+from ..structures import RoISamples, Targets
 
 
 class MaskHead(nn.Module):
@@ -25,6 +30,11 @@ class MaskHead(nn.Module):
         )
         self.deconv = nn.ConvTranspose2d(dims[-1], dims[-1], 2, stride=2)
         self.predictor = nn.Conv2d(dims[-1], num_classes, 1)
+        for conv in [*self.convs, self.deconv]:
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.zeros_(self.predictor.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
@@ -36,3 +46,39 @@ def mask_probabilities(mask_logits: Tensor, labels: Tensor) -> Tensor:
     """Sigmoid of each RoI's mask for its own class: ``(D, K, S, S), (D,) -> (D, S, S)``."""
     index = torch.arange(labels.shape[0], device=labels.device)
     return mask_logits[index, labels].sigmoid()
+
+
+def mask_targets(samples: list[RoISamples], targets: list[Targets], size: int) -> Tensor:
+    """Binary ``(P, S, S)`` targets of the positive RoIs, in the order of ``samples``.
+
+    Each target is the RoI's window of its matched ground-truth mask, resampled
+    to ``S x S`` by RoIAlign (half-pixel aligned, adaptive sampling) and
+    binarised at 0.5: the paper's "intersection between an RoI and its
+    associated ground-truth mask".
+    """
+    out = []
+    for s, t in zip(samples, targets, strict=True):
+        fg = s.foreground
+        if t.masks is None or not bool(fg.any()):
+            continue
+        rois = torch.cat((s.gt_index[fg, None].to(s.boxes.dtype), s.boxes[fg]), dim=1)
+        masks = t.masks[:, None].to(s.boxes.dtype)  # (M, 1, H, W): one "image" per instance
+        out.append(roi_align(masks, rois, size, 1.0, 0, True)[:, 0] >= 0.5)
+    if not out:
+        return torch.zeros((0, size, size), dtype=torch.bool, device=samples[0].boxes.device)
+    return torch.cat(out)
+
+
+def mask_loss(mask_logits: Tensor, classes: Tensor, targets: Tensor) -> Tensor:
+    """Per-pixel sigmoid cross-entropy on each positive RoI's own class mask only.
+
+    ``mask_logits (P, K, S, S)``, ``classes (P,)`` in 1..K, ``targets (P, S, S)``.
+    With no positive RoI the loss is an exact 0 that still reaches the head's
+    parameters (so data-parallel training sees every parameter used).
+    """
+    normaliser = global_normaliser(targets.numel(), mask_logits.device)
+    if classes.numel() == 0:
+        return mask_logits.sum() * 0.0
+    index = torch.arange(classes.numel(), device=classes.device)
+    logits = mask_logits[index, classes - 1]
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="sum") / normaliser

@@ -1,5 +1,6 @@
 """The Mask R-CNN detector (He et al. 2017, Figure 1): backbone+FPN, RPN, box and mask heads.
 
+``loss(batch, targets)`` (also ``forward``) returns the training losses;
 ``predict(batch)`` runs inference: proposals from the RPN, RoIAlign features
 for the box head, per-class detections, RoIAlign features of the detections
 for the mask head, and the mask of each detection's class pasted into the
@@ -19,12 +20,35 @@ from torch import Tensor, nn
 
 from ..ops.boxes import BoxCoder, clip_boxes, large_enough, scale_boxes
 from ..ops.masks import paste_masks
-from ..structures import Detections, ImageBatch
-from .box_head import BoxHead, detect_boxes
+from ..structures import Detections, ImageBatch, Targets
+from .box_head import BoxHead, box_head_loss, detect_boxes, sample_rois
 from .fpn import BackboneWithFPN
-from .mask_head import MaskHead, mask_probabilities
+from .mask_head import MaskHead, mask_loss, mask_probabilities, mask_targets
 from .poolers import MultiLevelRoIPooler
-from .rpn import RPN
+from .rpn import RPN, rpn_loss
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Numbers of the training path (see ``config.py`` for their meaning)."""
+
+    rpn_pre_nms_topk: int
+    rpn_post_nms_topk: int
+    rpn_box_coder: BoxCoder
+    rpn_fg_iou_thresh: float
+    rpn_bg_iou_thresh: float
+    rpn_batch_size_per_image: int
+    rpn_positive_fraction: float
+    rpn_smooth_l1_beta: float
+    rpn_crowd_ioa_thresh: float
+    box_coder: BoxCoder
+    roi_fg_iou_thresh: float
+    roi_bg_iou_thresh: float
+    roi_batch_size_per_image: int
+    roi_positive_fraction: float
+    roi_smooth_l1_beta: float
+    roi_crowd_ioa_thresh: float
+    mask_size: int
 
 
 @dataclass(frozen=True)
@@ -56,6 +80,7 @@ class MaskRCNN(nn.Module):
         mask_pooler: MultiLevelRoIPooler | None,
         mask_head: MaskHead | None,
         inference: InferenceSettings,
+        training: TrainingSettings,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -65,6 +90,47 @@ class MaskRCNN(nn.Module):
         self.mask_pooler = mask_pooler
         self.mask_head = mask_head
         self.inference = inference
+        self.training_settings = training
+
+    def forward(self, batch: ImageBatch, targets: list[Targets]) -> dict[str, Tensor]:
+        """Training losses; ``forward`` so that ``DistributedDataParallel`` can wrap the model."""
+        return self.loss(batch, targets)
+
+    def loss(self, batch: ImageBatch, targets: list[Targets]) -> dict[str, Tensor]:
+        """The multi-task loss L = L_cls + L_box + L_mask, plus the RPN's two terms.
+
+        Returns exactly ``loss_rpn_objectness``, ``loss_rpn_box``,
+        ``loss_classifier``, ``loss_box`` and (with a mask head) ``loss_mask``.
+        """
+        s = self.training_settings
+        features = self.backbone(batch.tensor)
+        logits, deltas, anchors = self.rpn(features)
+        losses = rpn_loss(
+            logits, deltas, anchors, [t.boxes for t in targets], [t.crowd_boxes for t in targets],
+            [t.generator(salt=1) for t in targets],
+            box_coder=s.rpn_box_coder, fg_iou_thresh=s.rpn_fg_iou_thresh, bg_iou_thresh=s.rpn_bg_iou_thresh,
+            batch_size_per_image=s.rpn_batch_size_per_image, positive_fraction=s.rpn_positive_fraction,
+            smooth_l1_beta=s.rpn_smooth_l1_beta, crowd_ioa_thresh=s.rpn_crowd_ioa_thresh,
+        )
+        proposals = self.rpn.propose(
+            logits, deltas, anchors, batch.image_sizes,
+            pre_nms_topk=s.rpn_pre_nms_topk, post_nms_topk=s.rpn_post_nms_topk,
+        )
+        samples = sample_rois(
+            [p.boxes for p in proposals], targets, box_coder=s.box_coder,
+            fg_iou_thresh=s.roi_fg_iou_thresh, bg_iou_thresh=s.roi_bg_iou_thresh,
+            batch_size_per_image=s.roi_batch_size_per_image, positive_fraction=s.roi_positive_fraction,
+            crowd_ioa_thresh=s.roi_crowd_ioa_thresh,
+        )
+        class_logits, box_deltas = self.box_head(self.box_pooler(features, [r.boxes for r in samples]))
+        losses |= box_head_loss(class_logits, box_deltas, samples, smooth_l1_beta=s.roi_smooth_l1_beta)
+        if self.mask_head is not None and self.mask_pooler is not None:
+            # The mask branch sees only the positive RoIs (Section 3.1).
+            positive = [r.boxes[r.foreground] for r in samples]
+            mask_logits = self.mask_head(self.mask_pooler(features, positive))
+            classes = torch.cat([r.classes[r.foreground] for r in samples])
+            losses["loss_mask"] = mask_loss(mask_logits, classes, mask_targets(samples, targets, s.mask_size))
+        return losses
 
     @torch.no_grad()
     def predict(self, batch: ImageBatch, *, timings: dict[str, float] | None = None) -> list[Detections]:

@@ -6,6 +6,11 @@ anchors. Proposals are selected per image: the top-k anchors of each level
 by objectness, decoded, clipped to the image, small boxes dropped, NMS within
 each level, then the best ``post_nms_topk`` over all levels.
 
+Training (``rpn_loss``): anchors are matched to ground truth (IoU >= 0.7
+foreground, < 0.3 background, and each object's best anchors), 256 anchors
+per image are sampled with at most half foreground, and the objectness (binary
+cross-entropy) and box (smooth L1) losses are averaged over the samples.
+
 Shapes: per level ``objectness (N, A, H, W)``, ``deltas (N, 4A, H, W)``;
 flattened ``(N, sum_l H_l W_l A)`` and ``(N, sum_l H_l W_l A, 4)`` in the
 anchors' order (location-major, then anchor).
@@ -15,8 +20,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
+from ..dist import global_normaliser
 from ..ops.boxes import BoxCoder, clip_boxes, large_enough
+from ..ops.matching import match, sample_balanced
 from ..ops.nms import batched_nms
 from ..structures import Proposals
 from .anchors import AnchorGenerator
@@ -30,6 +38,9 @@ class RPNHead(nn.Module):
         self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
         self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
         self.deltas = nn.Conv2d(in_channels, 4 * num_anchors, 1)
+        for conv in (self.conv, self.objectness, self.deltas):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """-> objectness ``(N, sum HWA)``, deltas ``(N, sum HWA, 4)``."""
@@ -112,3 +123,61 @@ class RPN(nn.Module):
             keep = batched_nms(boxes, s, lvl, self.nms_thresh)[:post_nms_topk]
             result.append(Proposals(boxes[keep], torch.sigmoid(s[keep])))
         return result
+
+
+def rpn_loss(
+    logits: Tensor,
+    deltas: Tensor,
+    anchors: list[Tensor],
+    gt_boxes: list[Tensor],
+    crowd_boxes: list[Tensor],
+    generators: list[torch.Generator | None],
+    *,
+    box_coder: BoxCoder,
+    fg_iou_thresh: float,
+    bg_iou_thresh: float,
+    batch_size_per_image: int,
+    positive_fraction: float,
+    smooth_l1_beta: float,
+    crowd_ioa_thresh: float,
+) -> dict[str, Tensor]:
+    """Objectness and box losses over the sampled anchors of every image.
+
+    Both are normalised by the number of sampled anchors (positives and
+    negatives), so that the box loss weighs each positive anchor the same
+    whatever the mix, as in Faster R-CNN's Eq. 1 with lambda balancing.
+    """
+    all_anchors = torch.cat(anchors)
+    labels, targets, sampled_pos, sampled_neg = [], [], [], []
+    offset = 0
+    for boxes, crowd, generator in zip(gt_boxes, crowd_boxes, generators, strict=True):
+        m = match(all_anchors, boxes, fg_thresh=fg_iou_thresh, bg_thresh=bg_iou_thresh,
+                  allow_low_quality=True, crowd_boxes=crowd, crowd_ioa_thresh=crowd_ioa_thresh)
+        pos, neg = sample_balanced(m.label, batch_size=batch_size_per_image,
+                                   positive_fraction=positive_fraction, generator=generator)
+        if boxes.shape[0] > 0:
+            targets.append(box_coder.encode(all_anchors[pos], boxes[m.index[pos]]))
+        else:
+            targets.append(all_anchors.new_zeros((0, 4)))
+        sampled_pos.append(pos + offset)
+        sampled_neg.append(neg + offset)
+        offset += all_anchors.shape[0]
+        labels.append(m.label)
+    pos = torch.cat(sampled_pos)
+    neg = torch.cat(sampled_neg)
+    sampled = torch.cat((pos, neg))
+    flat_logits = logits.reshape(-1)
+    objectness_target = torch.cat((torch.ones_like(pos), torch.zeros_like(neg))).to(flat_logits.dtype)
+    normaliser = global_normaliser(sampled.numel(), flat_logits.device)
+    loss_objectness = F.binary_cross_entropy_with_logits(
+        flat_logits[sampled], objectness_target, reduction="sum"
+    ) / normaliser
+    box = box_regression_loss(deltas.reshape(-1, 4)[pos], torch.cat(targets), smooth_l1_beta)
+    return {"loss_rpn_objectness": loss_objectness, "loss_rpn_box": box / normaliser}
+
+
+def box_regression_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    """Summed smooth L1 (``beta > 0``) or L1 (``beta == 0``) over all coordinates; 0 when empty."""
+    if beta > 0:
+        return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
+    return F.l1_loss(pred, target, reduction="sum")

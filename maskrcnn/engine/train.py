@@ -1,0 +1,531 @@
+"""The training loop: SGD with warm-up and step decay, checkpoints, resume, validation.
+
+One iteration: a batch of augmented images, the detector's five losses
+summed (Mask R-CNN's L = L_cls + L_box + L_mask, plus the RPN's objectness
+and box terms), backward, optional gradient clipping, an SGD step, and the
+learning rate of the schedule::
+
+    lr(i) = lr * warmup(i) * gamma ** (number of decay steps <= i)
+    warmup(i) = factor + (1 - factor) * i / warmup_iters   for i < warmup_iters
+
+Under ``torchrun`` each process trains on its shard of every batch with
+``DistributedDataParallel`` (NCCL on GPUs, gloo on CPUs); only rank 0 writes
+logs and checkpoints, and metrics are averaged over processes.
+
+Files written to the output directory::
+
+    metrics.jsonl            one JSON object per logged iteration (and per validation)
+    tensorboard/             the same scalars for TensorBoard
+    last_checkpoint.pth      everything needed to resume (weights, optimizer, schedule, RNG)
+    model_final.pth          our checkpoint format: config + weights, usable by predict
+    final_metrics.json       COCO AP on the validation set, when one is given
+    loss_curve.png           the loss terms over iterations
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .. import dist as mdist
+from ..config import ModelConfig, SolverConfig
+from ..data.batching import build_train_loader
+from ..data.transforms import pad_batch
+from ..model import MaskRCNN, build_model
+from ..structures import ImageBatch, Targets
+from .checkpoint import save_model
+from .results import write_json_atomic
+
+LAST_CHECKPOINT = "last_checkpoint.pth"
+FINAL_MODEL = "model_final.pth"
+
+
+@dataclass
+class ValidationSet:
+    """A COCO-format validation set: the instances JSON and its image folder."""
+
+    json_path: Path
+    image_dir: Path
+
+
+def lr_factor(iteration: int, solver: SolverConfig) -> float:
+    """Multiplier of the base learning rate at ``iteration`` (warm-up times step decay)."""
+    factor = 1.0
+    if iteration < solver.warmup_iters:
+        alpha = iteration / solver.warmup_iters
+        factor = solver.warmup_factor * (1 - alpha) + alpha
+    decays = sum(iteration >= round(step * solver.iterations) for step in solver.steps)
+    return factor * solver.gamma**decays
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weights, not on biases and normalisation parameters (as Detectron2 does)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            norm = isinstance(module, nn.GroupNorm | nn.BatchNorm2d | nn.SyncBatchNorm)
+            (no_decay if norm or name == "bias" else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def load_initial_weights(model: nn.Module, path: Path) -> list[str]:
+    """Copy every tensor of a checkpoint whose name and shape fit the model; returns those left out.
+
+    This lets training start from a checkpoint with another number of
+    classes: the class-specific layers keep their fresh initialisation.
+    """
+    from ..convert import load_checkpoint
+
+    _, state = load_checkpoint(path)
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
+    return sorted(set(own) - set(fitting))
+
+
+def _batch(images: list[Tensor], targets: list[Targets], cfg: ModelConfig, device: torch.device
+           ) -> tuple[ImageBatch, list[Targets]]:
+    sizes = [(im.shape[1], im.shape[2]) for im in images]
+    tensor = pad_batch([im.to(device) for im in images], cfg.input.size_divisibility)
+    return ImageBatch(tensor, sizes, sizes), [t.to(device) for t in targets]
+
+
+class Trainer:
+    """Trains a ``MaskRCNN`` on a dataset of ``Sample``s; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        model_cfg: ModelConfig,
+        solver: SolverConfig,
+        dataset: Any,
+        out_dir: Path,
+        validation: ValidationSet | None = None,
+        init_weights: Path | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = model_cfg
+        self.solver = solver
+        self.dataset = dataset
+        self.out = Path(out_dir)
+        self.validation = validation
+        self.rank = mdist.rank()
+        self.world = mdist.world_size()
+        if solver.batch_size % self.world:
+            raise ValueError(f"batch size {solver.batch_size} does not split over {self.world} processes")
+        if device is None:
+            if torch.cuda.is_available():
+                local = int(os.environ.get("LOCAL_RANK", 0))
+                device = f"cuda:{local}"
+            else:
+                device = "cpu"
+        self.device = torch.device(device)
+        self.progress = progress and self.rank == 0
+        torch.manual_seed(solver.seed)
+        self.model: MaskRCNN = build_model(model_cfg)
+        self.skipped_weights: list[str] = []
+        if init_weights is not None:
+            self.skipped_weights = load_initial_weights(self.model, init_weights)
+        if solver.sync_bn and self.world > 1:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # type: ignore[assignment]
+        self.model.to(self.device)
+        self.optimizer = torch.optim.SGD(
+            _parameter_groups(self.model, solver.weight_decay), lr=solver.lr, momentum=solver.momentum
+        )
+        self.iteration = 0
+        self.nonfinite = 0
+        self.history: list[dict[str, Any]] = []
+        self._writer: Any = None
+
+    # -- state ------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "solver": self.solver.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "iteration": self.iteration,
+            "rng_cpu": torch.get_rng_state(),
+        }
+
+    def save(self, name: str = LAST_CHECKPOINT) -> Path | None:
+        """Write a resumable checkpoint (rank 0 only; atomic)."""
+        if self.rank != 0:
+            return None
+        return save_model(self.out / name, self.cfg, self.model.state_dict(), extra=self.state())
+
+    def resume(self) -> bool:
+        """Continue from ``last_checkpoint.pth`` if there is one; True when resumed."""
+        path = self.out / LAST_CHECKPOINT
+        if not path.is_file():
+            return False
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.iteration = int(payload["iteration"])
+        torch.set_rng_state(payload["rng_cpu"])
+        self.history = [h for h in _read_metrics(self.out) if h.get("iteration", 0) <= self.iteration]
+        if self.rank == 0:
+            _write_metrics(self.out, self.history)
+        return True
+
+    # -- logging ----------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.history.append(record)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            for key, value in record.items():
+                if key != "iteration" and isinstance(value, int | float):
+                    writer.add_scalar(key, value, record["iteration"])
+
+    def _tensorboard(self) -> Any:
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # TensorBoard is optional at run time
+                self._writer = False
+            else:
+                self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        return self._writer or None
+
+    # -- the loop ---------------------------------------------------------
+
+    def _loader(self) -> Iterator[tuple[list[Tensor], list[Targets]]]:
+        return iter(build_train_loader(
+            self.dataset, self.cfg.input,
+            batch_size=self.solver.batch_size // self.world,
+            num_workers=self.solver.num_workers,
+            seed=self.solver.seed,
+            rank=self.rank,
+            world_size=self.world,
+            start_iteration=self.iteration,
+        ))
+
+    def train(self) -> dict[str, Any] | None:
+        """Run to ``solver.iterations``; returns the final validation metrics (rank 0, if validated)."""
+        s = self.solver
+        self.out.mkdir(parents=True, exist_ok=True)
+        model: nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.model.train()
+        use_amp = s.amp and self.device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        autocast_dtype = torch.float16 if use_amp else torch.bfloat16
+        autocast_on = use_amp or (s.bf16_cpu and self.device.type == "cpu")
+        loader = self._loader()
+        bar = tqdm(total=s.iterations, initial=self.iteration, disable=not self.progress, unit="it",
+                   dynamic_ncols=True)
+        window: dict[str, float] = {}
+        start_time = time.perf_counter()
+        data_time = 0.0
+        try:
+            while self.iteration < s.iterations:
+                t0 = time.perf_counter()
+                images, targets = next(loader)
+                batch, targets = _batch(images, targets, self.cfg, self.device)
+                data_time += time.perf_counter() - t0
+                for group in self.optimizer.param_groups:
+                    group["lr"] = s.lr * lr_factor(self.iteration, s)
+                with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_on):
+                    losses = model(batch, targets)
+                total = sum(losses.values())
+                if not self._all_finite(total):
+                    self._skip_step(losses)
+                    continue
+                self.nonfinite = 0
+                self.optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                if s.clip_grad_norm > 0:
+                    scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_grad_norm)
+                scaler.step(self.optimizer)
+                scaler.update()
+                self.iteration += 1
+                for k, v in losses.items():
+                    window[k] = window.get(k, 0.0) + float(v.detach())
+                window["total_loss"] = window.get("total_loss", 0.0) + float(total.detach())
+                if self.iteration % s.log_period == 0 or self.iteration == s.iterations:
+                    self._log_window(window, bar, start_time, data_time)
+                    window, start_time, data_time = {}, time.perf_counter(), 0.0
+                bar.update(1)
+                if s.checkpoint_period and self.iteration % s.checkpoint_period == 0:
+                    self.save()
+                if s.eval_period and self.iteration % s.eval_period == 0 and self.iteration < s.iterations:
+                    self.validate()
+        finally:
+            bar.close()
+        self.save()
+        metrics = self.finish()
+        return metrics
+
+    def _all_finite(self, total: Tensor) -> bool:
+        finite = torch.isfinite(total.detach()).to(torch.float32).reshape(1)
+        if self.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item() > 0)
+
+    def _skip_step(self, losses: dict[str, Tensor]) -> None:
+        self.nonfinite += 1
+        values = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        message = (f"iteration {self.iteration}: non-finite loss ({values}); step skipped "
+                   f"({self.nonfinite} in a row, at most {self.solver.max_nonfinite_steps})")
+        if self.rank == 0:
+            tqdm.write(f"warning: {message}")
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        if self.nonfinite >= self.solver.max_nonfinite_steps:
+            path = self.save()
+            raise FloatingPointError(
+                f"stopped after {self.nonfinite} non-finite losses in a row at iteration {self.iteration}; "
+                f"checkpoint of the last good state: {path}. Lower the learning rate or clip gradients "
+                "(--set solver.clip_grad_norm=...)."
+            )
+
+    def _log_window(self, window: dict[str, float], bar: tqdm, start: float, data_time: float) -> None:
+        n = self.solver.log_period if self.iteration % self.solver.log_period == 0 else (
+            self.iteration % self.solver.log_period)
+        means = mdist.all_reduce_mean({k: v / n for k, v in window.items()}, self.device)
+        elapsed = time.perf_counter() - start
+        record = {
+            "iteration": self.iteration,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **means,
+            "seconds_per_iteration": elapsed / n,
+            "data_seconds_per_iteration": data_time / n,
+        }
+        self._log(record)
+        short = {k.replace("loss_", ""): f"{v:.3f}" for k, v in means.items() if k != "total_loss"}
+        bar.set_postfix(loss=f"{means['total_loss']:.3f}", **short, lr=f"{record['lr']:.2g}")
+
+    # -- validation -------------------------------------------------------
+
+    def validate(self) -> dict[str, Any] | None:
+        """COCO AP on the validation set (rank 0 computes; the others wait)."""
+        if self.validation is None:
+            return None
+        metrics = None
+        if self.rank == 0:
+            from .evaluate import evaluate
+            from .predict import Predictor
+
+            predictor = Predictor(self.model, self.cfg, device=self.device)
+            metrics, _ = evaluate(predictor, self.validation.json_path, self.validation.image_dir,
+                                  progress=self.progress)
+            self.model.train()
+            self.model.to(memory_format=torch.contiguous_format)
+            flat = {f"{kind}/{k}": v for kind in ("bbox", "segm") for k, v in metrics.get(kind, {}).items()}
+            self._log({"iteration": self.iteration, **flat})
+            if self.progress:
+                tqdm.write(f"iteration {self.iteration}: box AP {metrics['bbox']['AP']:.3f}, "
+                           f"mask AP {metrics['segm']['AP']:.3f}")
+        if self.world > 1:
+            dist.barrier()
+        return metrics
+
+    def finish(self) -> dict[str, Any] | None:
+        """Final model, final validation, loss curve."""
+        metrics = self.validate()
+        if self.rank == 0:
+            model_state = self.model.state_dict()
+            save_model(self.out / FINAL_MODEL, self.cfg, model_state)
+            if metrics is not None:
+                write_json_atomic(self.out / "final_metrics.json", metrics, indent=2)
+            plot_losses(self.history, self.out / "loss_curve.png")
+            if self._writer:
+                self._writer.close()
+        return metrics
+
+
+def _read_metrics(out: Path) -> list[dict[str, Any]]:
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(out: Path, records: list[dict[str, Any]]) -> None:
+    tmp = out / ".metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, out / "metrics.jsonl")
+
+
+def plot_losses(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """The loss terms and their total against iterations, as a PNG."""
+    rows = [h for h in history if "total_loss" in h]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = [h["iteration"] for h in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for key in sorted(k for k in rows[0] if k.startswith("loss_")) + ["total_loss"]:
+        values = [h.get(key, math.nan) for h in rows]
+        ax.plot(its, values, label=key.replace("loss_", ""), linewidth=2.2 if key == "total_loss" else 1.2)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("training losses")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def setup_distributed() -> None:
+    """Join the process group that ``torchrun`` describes in the environment (no-op otherwise)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend)
+
+
+def replace_fields(obj: Any, assignments: list[str]) -> Any:
+    """Apply ``key=value`` overrides (dotted keys into nested dataclasses, JSON values) to a config."""
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        obj = _replace_path(obj, key.split("."), value, key)
+    return obj
+
+
+def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    if path[0] not in names:
+        raise ValueError(f"--set {full}: {type(obj).__name__} has no field {path[0]!r} "
+                         f"(fields: {', '.join(sorted(names))})")
+    if len(path) > 1:
+        inner = _replace_path(getattr(obj, path[0]), path[1:], value, full)
+        return dataclasses.replace(obj, **{path[0]: inner})
+    if isinstance(value, list):
+        value = tuple(value)
+    return dataclasses.replace(obj, **{path[0]: value})
+
+
+def add_train_arguments(p: Any) -> None:
+    """Arguments of ``maskrcnn train``."""
+    from ..config import PRESETS
+
+    p.add_argument("--train-json", required=True, metavar="JSON",
+                   help="COCO instances JSON of the training set")
+    p.add_argument("--train-images", required=True, metavar="DIR", help="folder of the training images")
+    p.add_argument("--val-json", metavar="JSON", help="COCO instances JSON of a validation set")
+    p.add_argument("--val-images", metavar="DIR", help="folder of the validation images")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (checkpoints, logs, model_final)")
+    p.add_argument("--preset", default="r50-fpn", choices=sorted(PRESETS), help="architecture and schedule")
+    p.add_argument("--weights", metavar="FILE",
+                   help="initial weights: ours, torchvision's or Detectron2's (tensors that fit are loaded)")
+    p.add_argument("--iterations", type=int, metavar="N",
+                   help="iterations (default: the preset's schedule scaled to the batch size)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="images per iteration over all processes")
+    p.add_argument("--min-size", type=int, nargs="+", metavar="S",
+                   help="training shortest-edge size(s); the first is also the test size")
+    p.add_argument("--max-size", type=int, metavar="S", help="longest-edge cap")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config fields, e.g. rpn.nms_thresh=0.6 solver.base_lr=0.01")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last_checkpoint.pth")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def configure(args: Any, dataset: Any) -> tuple[ModelConfig, SolverConfig]:
+    """The model and solver configs of a ``train`` command line for this dataset."""
+    from ..config import PRESETS
+
+    preset = PRESETS[args.preset]
+    cfg = preset.model.replace(
+        num_classes=len(dataset.class_names),
+        class_names=tuple(dataset.class_names),
+        category_ids=tuple(dataset.category_ids),
+    )
+    solver = preset.solver
+    if args.batch_size is not None and args.batch_size != solver.batch_size:
+        iterations = round(solver.iterations * solver.batch_size / args.batch_size)
+        warmup = round(solver.warmup_iters * solver.batch_size / args.batch_size)
+        solver = dataclasses.replace(solver, batch_size=args.batch_size, iterations=iterations,
+                                     warmup_iters=warmup)
+    if args.iterations is not None:
+        solver = dataclasses.replace(solver, iterations=args.iterations,
+                                     warmup_iters=min(solver.warmup_iters, args.iterations))
+    inp = cfg.input
+    if args.min_size:
+        inp = dataclasses.replace(inp, min_size=args.min_size[0], train_min_sizes=tuple(args.min_size))
+    if args.max_size:
+        inp = dataclasses.replace(inp, max_size=args.max_size)
+    cfg = cfg.replace(input=inp)
+    solver_sets = [s.removeprefix("solver.") for s in args.set if s.startswith("solver.")]
+    model_sets = [s for s in args.set if not s.startswith("solver.")]
+    return replace_fields(cfg, model_sets), replace_fields(solver, solver_sets)
+
+
+def run_train(args: Any) -> int:
+    """``maskrcnn train``: returns the exit status."""
+    import sys
+
+    from ..data.coco import CocoDataset
+
+    setup_distributed()
+    if (args.val_json is None) != (args.val_images is None):
+        raise SystemExit("error: --val-json and --val-images go together")
+    for path in (args.train_json, args.train_images, args.val_json, args.val_images, args.weights):
+        if path is not None and not Path(path).exists():
+            raise SystemExit(f"error: {path}: no such file or folder")
+    dataset = CocoDataset(args.train_json, args.train_images)
+    if mdist.rank() == 0:
+        print(dataset.report.summary(), file=sys.stderr)
+    if len(dataset) == 0:
+        raise SystemExit(f"error: {args.train_json}: no usable training image")
+    try:
+        cfg, solver = configure(args, dataset)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}") from e
+    validation = ValidationSet(Path(args.val_json), Path(args.val_images)) if args.val_json else None
+    trainer = Trainer(model_cfg=cfg, solver=solver, dataset=dataset, out_dir=Path(args.out),
+                      validation=validation, init_weights=Path(args.weights) if args.weights else None,
+                      device=args.device)
+    if trainer.skipped_weights and mdist.rank() == 0:
+        print(f"initial weights: {len(trainer.skipped_weights)} tensors left at their initialisation "
+              f"(e.g. {', '.join(trainer.skipped_weights[:4])})", file=sys.stderr)
+    if args.resume and trainer.resume() and mdist.rank() == 0:
+        print(f"resumed from iteration {trainer.iteration}", file=sys.stderr)
+    metrics = trainer.train()
+    if mdist.rank() == 0:
+        print(f"wrote {Path(args.out) / FINAL_MODEL}", file=sys.stderr)
+        if metrics is not None:
+            from .evaluate import format_table
+
+            print(format_table(metrics))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
