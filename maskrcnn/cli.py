@@ -137,7 +137,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from .engine.demo import demo
 
-    return demo(Path(args.out))
+    return demo(Path(args.out), iterations=args.iterations)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,8 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(t)
     t.set_defaults(func=run_train)
 
-    d = sub.add_parser("demo", help="run the demo and write its pictures")
+    d = sub.add_parser("demo", help="train a small model on synthetic shapes, evaluate, draw predictions")
     d.add_argument("--out", default="demo_output", metavar="DIR")
+    d.add_argument("--iterations", type=int, default=None, metavar="N",
+                   help="training iterations (default: the demo preset's schedule)")
     d.set_defaults(func=run_demo)
     return parser
 

@@ -421,16 +421,37 @@ def replace_fields(obj: Any, assignments: list[str]) -> Any:
 
 
 def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:
+    if not dataclasses.is_dataclass(obj):
+        raise ValueError(f"--set {full}: {path[0]!r} is inside a {type(obj).__name__} value, not a config")
     names = {f.name for f in dataclasses.fields(obj)}
     if path[0] not in names:
         raise ValueError(f"--set {full}: {type(obj).__name__} has no field {path[0]!r} "
                          f"(fields: {', '.join(sorted(names))})")
+    current = getattr(obj, path[0])
     if len(path) > 1:
-        inner = _replace_path(getattr(obj, path[0]), path[1:], value, full)
+        inner = _replace_path(current, path[1:], value, full)
         return dataclasses.replace(obj, **{path[0]: inner})
+    return dataclasses.replace(obj, **{path[0]: _coerce(current, value, full)})
+
+
+def _coerce(current: Any, value: Any, full: str) -> Any:
+    """``value`` in the type of the field's current value, or a clear error."""
     if isinstance(value, list):
         value = tuple(value)
-    return dataclasses.replace(obj, **{path[0]: value})
+    if current is None or value is None or dataclasses.is_dataclass(current):
+        return value
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(current, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(current, str) and isinstance(value, str):
+        return value
+    elif isinstance(current, tuple) and isinstance(value, tuple):
+        return value
+    raise ValueError(f"--set {full}: expected a {type(current).__name__} like {current!r}, got {value!r}")
 
 
 def add_train_arguments(p: Any) -> None:

@@ -54,7 +54,7 @@ def match(
 ) -> Match:
     n = candidates.shape[0]
     device = candidates.device
-    if gt_boxes.shape[0] == 0:
+    if gt_boxes.shape[0] == 0 or n == 0:
         index = torch.zeros(n, dtype=torch.int64, device=device)
         label = torch.full((n,), BACKGROUND, dtype=torch.int64, device=device)
     else:

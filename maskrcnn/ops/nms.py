@@ -21,26 +21,32 @@ from torch import Tensor
 
 from .boxes import box_iou
 
-# Rows of the IoU matrix computed at once, to bound memory (rows x N floats).
+# Rows of the IoU matrix computed at once, to bound memory (rows x columns floats).
 _IOU_ROWS = 256
-# Above this many boxes, batched NMS works group by group rather than on all pairs.
-_ALL_PAIRS_LIMIT = 4096
 
 
-def _overlapping_pairs(boxes: Tensor, iou_threshold: float, groups: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Pairs ``(i, j)`` with ``i < j`` (score order) and IoU above the threshold."""
+def _overlapping_pairs(
+    boxes: Tensor, iou_threshold: float, group_end: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Pairs ``(i, j)``, ``i < j`` in the given order, of the same group and IoU above the threshold.
+
+    Boxes come sorted by group, so row ``i`` only needs columns ``i + 1`` up to
+    the end of its group (``group_end[i]``, exclusive); without groups, up to ``n``.
+    """
     n = boxes.shape[0]
-    cols = torch.arange(n, device=boxes.device)
     src, dst = [], []
     for start in range(0, n, _IOU_ROWS):
-        rows = cols[start : start + _IOU_ROWS]
-        over = box_iou(boxes[rows], boxes) > iou_threshold
+        stop = min(start + _IOU_ROWS, n)
+        end = n if group_end is None else int(group_end[stop - 1])
+        rows = torch.arange(start, stop, device=boxes.device)
+        cols = torch.arange(start, end, device=boxes.device)
+        over = box_iou(boxes[start:stop], boxes[start:end]) > iou_threshold
         over &= cols[None, :] > rows[:, None]
-        if groups is not None:
-            over &= groups[rows][:, None] == groups[None, :]
+        if group_end is not None:
+            over &= cols[None, :] < group_end[start:stop, None]
         i, j = over.nonzero(as_tuple=True)
         src.append(rows[i])
-        dst.append(j)
+        dst.append(cols[j])
     return torch.cat(src), torch.cat(dst)
 
 
@@ -57,33 +63,33 @@ def _greedy_keep(n: int, src: Tensor, dst: Tensor, device: torch.device) -> Tens
     return keep
 
 
+def _by_score(index: Tensor, scores: Tensor) -> Tensor:
+    """``index`` sorted by decreasing score, equal scores by increasing index."""
+    index = index.sort().values
+    return index[torch.sort(scores[index], descending=True, stable=True).indices]
+
+
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Indices of the kept boxes, by decreasing score. ``(R, 4), (R,) -> (K,)``."""
-    return _nms(boxes, scores, iou_threshold, None)
+    return batched_nms(boxes, scores, None, iou_threshold)
 
 
-def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float, groups: Tensor | None) -> Tensor:
-    if boxes.shape[0] == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    boxes = boxes[order].float()
-    groups = None if groups is None else groups[order]
-    src, dst = _overlapping_pairs(boxes, iou_threshold, groups)
-    keep = _greedy_keep(boxes.shape[0], src, dst, boxes.device)
-    return order[keep]
+def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor | None, iou_threshold: float) -> Tensor:
+    """NMS within each group (class, FPN level) independently; ``groups=None`` is one group.
 
-
-def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """NMS within each group (class, FPN level) independently.
-
-    Returns indices of the kept boxes of all groups, by decreasing score.
+    Returns indices of the kept boxes of all groups, by decreasing score
+    (equal scores by increasing index).
     """
-    if boxes.shape[0] <= _ALL_PAIRS_LIMIT:
-        return _nms(boxes, scores, iou_threshold, groups)
-    kept = []
-    for g in torch.unique(groups):
-        idx = (groups == g).nonzero(as_tuple=True)[0]
-        kept.append(idx[_nms(boxes[idx], scores[idx], iou_threshold, None)])
-    # Index order first, so that equal scores come out as on the all-pairs path.
-    keep = torch.cat(kept).sort().values
-    return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    order = _by_score(torch.arange(n, device=boxes.device), scores)
+    group_end = None
+    if groups is not None:
+        # Group-major, score order within each group.
+        order = order[torch.sort(groups[order], stable=True).indices]
+        sorted_groups = groups[order]
+        group_end = torch.searchsorted(sorted_groups, sorted_groups, right=True)
+    src, dst = _overlapping_pairs(boxes[order].float(), iou_threshold, group_end)
+    keep = _greedy_keep(n, src, dst, boxes.device)
+    return _by_score(order[keep], scores)

@@ -1,0 +1,275 @@
+"""The training loop: learning-rate schedule, config overrides, exact resume, non-finite losses.
+
+Training runs use the demo preset on 16 synthetic 64 x 64 images with small
+RPN and RoI batches, so an iteration takes a fraction of a second on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from maskrcnn.config import PRESETS, ModelConfig, SolverConfig
+from maskrcnn.data.coco import CocoDataset
+from maskrcnn.data.synthetic import generate
+from maskrcnn.engine.train import LAST_CHECKPOINT, Trainer, configure, lr_factor, replace_fields
+
+LOSS_KEYS = ("loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box", "loss_mask")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: faster for these tiny convolutions, and the same arithmetic in every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ learning rate
+
+
+def test_lr_factor_warmup_then_steps_by_hand():
+    solver = SolverConfig(iterations=100, warmup_iters=10, warmup_factor=0.1, steps=(0.5, 0.8), gamma=0.1)
+    expected = {
+        0: 0.1,  # warm-up starts at warmup_factor
+        5: 0.55,  # halfway: 0.1 * 0.5 + 0.5
+        9: 0.91,  # 0.1 * 0.1 + 0.9
+        10: 1.0,  # warm-up over
+        49: 1.0,
+        50: 0.1,  # first step at 0.5 * 100
+        79: 0.1,
+        80: 0.01,  # second step at 0.8 * 100
+        99: 0.01,
+    }
+    for iteration, value in expected.items():
+        assert lr_factor(iteration, solver) == pytest.approx(value, rel=1e-12), iteration
+
+
+def test_lr_factor_steps_are_rounded_fractions_of_the_schedule():
+    # The preset's (2/3, 8/9) of 90 iterations decay at 60 and 80.
+    solver = SolverConfig(iterations=90, warmup_iters=0, steps=(2 / 3, 8 / 9), gamma=0.5)
+    assert [lr_factor(i, solver) for i in (0, 59, 60, 79, 80, 89)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_lr_factor_warmup_and_decay_multiply():
+    solver = SolverConfig(iterations=10, warmup_iters=8, warmup_factor=0.1, steps=(0.5,), gamma=0.1)
+    # Iteration 6: warm-up 0.1 * 0.25 + 0.75 = 0.775, and the step at 5 has passed.
+    assert lr_factor(6, solver) == pytest.approx(0.0775, rel=1e-12)
+
+
+# ------------------------------------------------------------------ overrides
+
+
+def test_replace_fields_nested_keys_and_json_values():
+    cfg = PRESETS["demo-r18-fpn"].model
+    out = replace_fields(cfg, [
+        "rpn.nms_thresh=0.6",
+        "box_head.pooler.resolution=5",  # two levels deep
+        "anchors.sizes=[8, 16, 32, 64, 128]",  # JSON list -> tuple
+        "input.resize_rule=detectron2",  # not JSON: the raw string
+        "clip_to_original=true",
+        "box_head.min_box_size=null",
+        "num_classes=7",
+        "rpn.nms_thresh=0.65",  # later assignments win
+    ])
+    assert out.rpn.nms_thresh == 0.65
+    assert out.box_head.pooler.resolution == 5
+    assert out.anchors.sizes == (8, 16, 32, 64, 128)
+    assert out.input.resize_rule == "detectron2"
+    assert out.clip_to_original is True
+    assert out.box_head.min_box_size is None
+    assert out.num_classes == 7
+    # Everything else, and the original, unchanged.
+    assert out.box_head.fc_dim == cfg.box_head.fc_dim
+    assert out.mask_head == cfg.mask_head
+    assert cfg.rpn.nms_thresh == 0.7 and cfg.box_head.pooler.resolution == 7
+
+
+def test_replace_fields_on_the_solver():
+    solver = replace_fields(SolverConfig(), ["base_lr=0.005", "steps=[0.5, 0.75]", "amp=false"])
+    assert solver.base_lr == 0.005 and solver.steps == (0.5, 0.75) and solver.amp is False
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("rpn.nms=0.5", r"rpn\.nms: RPNConfig has no field 'nms'.*nms_thresh"),
+        ("colour=red", r"colour: ModelConfig has no field 'colour'"),
+        ("box_head.pooler.size=3", r"PoolerConfig has no field 'size'.*resolution"),
+    ],
+)
+def test_replace_fields_unknown_field_is_a_clear_error(assignment: str, message: str):
+    with pytest.raises(ValueError, match=message):
+        replace_fields(PRESETS["demo-r18-fpn"].model, [assignment])
+
+
+def test_replace_fields_without_equals_sign():
+    with pytest.raises(ValueError, match="key=value"):
+        replace_fields(SolverConfig(), ["base_lr"])
+
+
+def test_replace_fields_dotted_key_into_a_plain_value_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_classes"):
+        replace_fields(PRESETS["demo-r18-fpn"].model, ["num_classes.x=1"])
+
+
+def test_replace_fields_checks_value_types():
+    with pytest.raises(ValueError, match="rpn.nms_thresh"):
+        replace_fields(PRESETS["demo-r18-fpn"].model, ["rpn.nms_thresh=abc"])
+    cfg = replace_fields(PRESETS["demo-r18-fpn"].model,
+                         ["rpn.nms_thresh=1", "input.train_min_sizes=[96,128]"])
+    assert cfg.rpn.nms_thresh == 1.0 and isinstance(cfg.rpn.nms_thresh, float)
+    assert cfg.input.train_min_sizes == (96, 128)
+
+
+def test_configure_scales_the_schedule_with_the_batch_size():
+    @dataclasses.dataclass
+    class Names:
+        class_names: tuple[str, ...] = ("a", "b")
+        category_ids: tuple[int, ...] = (3, 7)
+
+    preset = PRESETS["demo-r18-fpn"]
+    args = argparse.Namespace(preset="demo-r18-fpn", batch_size=4, iterations=None, min_size=[64, 72],
+                              max_size=96, set=["solver.base_lr=0.01", "rpn.nms_thresh=0.6"])
+    cfg, solver = configure(args, Names())
+    assert (cfg.num_classes, cfg.class_names, cfg.category_ids) == (2, ("a", "b"), (3, 7))
+    assert (cfg.input.min_size, cfg.input.train_min_sizes, cfg.input.max_size) == (64, (64, 72), 96)
+    assert cfg.rpn.nms_thresh == 0.6
+    assert solver.batch_size == 4 and solver.base_lr == 0.01
+    ratio = preset.solver.batch_size / 4
+    assert solver.iterations == round(preset.solver.iterations * ratio)
+    assert solver.warmup_iters == round(preset.solver.warmup_iters * ratio)
+
+    args = argparse.Namespace(preset="demo-r18-fpn", batch_size=None, iterations=50, min_size=None,
+                              max_size=None, set=[])
+    _, solver = configure(args, Names())
+    assert solver.iterations == 50 and solver.warmup_iters == 50  # warm-up capped by the run
+
+
+# ------------------------------------------------------------------ training runs
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> CocoDataset:
+    root = tmp_path_factory.mktemp("shapes")
+    json_path = generate(root, num_images=16, image_size=(64, 64), seed=0)
+    return CocoDataset(json_path, root / "train")
+
+
+def _model_cfg(dataset: CocoDataset) -> ModelConfig:
+    base = PRESETS["demo-r18-fpn"].model
+    return base.replace(
+        num_classes=len(dataset.class_names),
+        class_names=dataset.class_names,
+        category_ids=dataset.category_ids,
+        input=dataclasses.replace(base.input, min_size=64, max_size=64, train_min_sizes=(64,)),
+        rpn=dataclasses.replace(base.rpn, batch_size_per_image=32, pre_nms_topk_train=200,
+                                post_nms_topk_train=100),
+        box_head=dataclasses.replace(base.box_head, batch_size_per_image=32),
+    )
+
+
+def _solver(**changes: Any) -> SolverConfig:
+    # The step at 0.9 of the schedule falls at iteration 5 of 6 and after the end of a
+    # 3-iteration run (round(2.7) = 3), so both runs share the schedule of iterations 0..2.
+    solver = dataclasses.replace(
+        PRESETS["demo-r18-fpn"].solver,
+        iterations=6, batch_size=2, warmup_iters=2, steps=(0.9,), checkpoint_period=3, log_period=1,
+        num_workers=0, eval_period=0, amp=False,
+    )
+    return dataclasses.replace(solver, **changes)
+
+
+def _trainer(dataset: CocoDataset, out: Path, **solver_changes: Any) -> Trainer:
+    return Trainer(model_cfg=_model_cfg(dataset), solver=_solver(**solver_changes), dataset=dataset,
+                   out_dir=out, progress=False)
+
+
+def _metrics(out: Path) -> dict[int, dict[str, Any]]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    iterations = [r["iteration"] for r in records]
+    assert len(set(iterations)) == len(iterations), f"iterations logged twice: {iterations}"
+    return {r["iteration"]: r for r in records}
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+
+
+def test_resume_continues_exactly_where_training_stopped(dataset: CocoDataset, tmp_path: Path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    _trainer(dataset, straight).train()
+
+    first = _trainer(dataset, interrupted, iterations=3)
+    assert first.resume() is False  # nothing to resume from yet
+    first.train()
+    second = _trainer(dataset, interrupted, iterations=6)
+    assert second.resume() is True
+    assert second.iteration == 3
+    second.train()
+
+    a, b = _metrics(straight), _metrics(interrupted)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    solver = _solver()
+    for i in range(1, 7):
+        # The logged lr is the one of the step that made iteration i (index i - 1).
+        assert a[i]["lr"] == pytest.approx(solver.lr * lr_factor(i - 1, solver), rel=1e-12)
+        assert b[i]["lr"] == a[i]["lr"]
+        for key in (*LOSS_KEYS, "total_loss"):
+            assert math.isfinite(a[i][key])
+            # Observed: bitwise equal (same process, one thread); allow 1e-6 relative.
+            assert b[i][key] == pytest.approx(a[i][key], rel=1e-6, abs=1e-9), (i, key)
+
+    wa, wb = _final_weights(straight), _final_weights(interrupted)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-6, atol=1e-7, msg=k)
+    # Training did move the weights.
+    init = _trainer(dataset, tmp_path / "unused").model.state_dict()
+    assert any(not torch.equal(init[k], wa[k]) for k in wa)
+
+
+def _nan_losses() -> dict[str, torch.Tensor]:
+    return {k: torch.tensor(math.nan) for k in LOSS_KEYS}
+
+
+def test_non_finite_losses_skip_steps_then_stop_with_a_checkpoint(dataset: CocoDataset, tmp_path: Path):
+    trainer = _trainer(dataset, tmp_path, max_nonfinite_steps=3)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.model.loss = lambda batch, targets: _nan_losses()  # type: ignore[method-assign]
+    with pytest.warns(RuntimeWarning, match="non-finite loss") as record, \
+            pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
+        trainer.train()
+    assert len([w for w in record if "non-finite" in str(w.message)]) == 3
+    assert trainer.iteration == 0
+    checkpoint = torch.load(tmp_path / LAST_CHECKPOINT, map_location="cpu", weights_only=True)
+    assert checkpoint["iteration"] == 0
+    for k, v in checkpoint["model"].items():
+        assert torch.equal(v, before[k]), f"a skipped step changed {k}"
+
+
+def test_isolated_non_finite_losses_are_skipped_and_training_goes_on(dataset: CocoDataset, tmp_path: Path):
+    trainer = _trainer(dataset, tmp_path, iterations=2, max_nonfinite_steps=3)
+    real_loss = trainer.model.loss
+    calls = iter(range(100))
+
+    def flaky(batch, targets):  # calls 0, 1 and 3, 4 are NaN: never 3 in a row
+        return _nan_losses() if next(calls) in (0, 1, 3, 4) else real_loss(batch, targets)
+
+    trainer.model.loss = flaky  # type: ignore[method-assign]
+    with pytest.warns(RuntimeWarning, match="non-finite loss") as record:
+        trainer.train()
+    assert len([w for w in record if "non-finite" in str(w.message)]) == 4
+    assert trainer.iteration == 2
+    metrics = _metrics(tmp_path)
+    assert sorted(metrics) == [1, 2]
+    assert all(math.isfinite(metrics[i]["total_loss"]) for i in (1, 2))
+    assert (tmp_path / "model_final.pth").is_file()
