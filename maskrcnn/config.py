@@ -366,8 +366,8 @@ def demo_model() -> ModelConfig:
         anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0)),
         rpn=RPNConfig(pre_nms_topk_train=600, post_nms_topk_train=300, pre_nms_topk_test=300,
                       post_nms_topk_test=150, batch_size_per_image=128),
-        box_head=BoxHeadConfig(fc_dim=256, batch_size_per_image=128, detections_per_image=30),
-        mask_head=MaskHeadConfig(conv_dims=(64, 64, 64, 64)),
+        box_head=BoxHeadConfig(fc_dim=256, batch_size_per_image=64, detections_per_image=30),
+        mask_head=MaskHeadConfig(conv_dims=(32, 32, 32, 32)),
     )
 
 
@@ -379,8 +379,8 @@ PRESETS: dict[str, Preset] = {
     "demo-r18-fpn": Preset(
         "small ResNet-18-FPN (group norm, 32-wide stem) for 128-px images, trains from scratch on a CPU",
         demo_model(),
-        SolverConfig(iterations=1500, batch_size=8, base_lr=0.04, reference_batch_size=16,
-                     warmup_iters=100, steps=(0.75, 0.92), checkpoint_period=500, log_period=10,
+        SolverConfig(iterations=900, batch_size=8, base_lr=0.04, reference_batch_size=16,
+                     warmup_iters=100, steps=(0.75, 0.92), checkpoint_period=300, log_period=10,
                      num_workers=1),
     ),
 }

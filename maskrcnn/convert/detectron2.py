@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from maskrcnn.config import ModelConfig, detectron2_r50_fpn
-from maskrcnn.convert.shapes import as_tensor, infer_config
+from maskrcnn.convert.shapes import infer_config, rename_state
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -117,17 +117,7 @@ def convert(state: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, Tensor]]:
         raise ValueError(
             "this is a Detectron2 keypoint R-CNN checkpoint: keypoint checkpoints are not supported yet"
         )
-    out: dict[str, Tensor] = {}
-    source: dict[str, str] = {}
-    for name, value in state.items():
-        if _ignored(name):
-            continue
-        new, transform = _rename(name)
-        if new in out:
-            raise ValueError(f"{source[new]} and {name} both map to {new}")
-        tensor = as_tensor(name, value)
-        out[new] = transform(tensor) if transform is not None else tensor
-        source[new] = name
+    out = rename_state(state, _rename, _ignored)
     cfg = infer_config(detectron2_r50_fpn(), out)
     if cfg.backbone.groups > 1:
         cfg = cfg.replace(

@@ -2,25 +2,22 @@
 
 ``expected_state_shapes(cfg)`` is the contract between checkpoints and the
 model: every state-dict name the detector built from ``cfg`` has, with its
-shape, written from the architecture description rather than by building
-the model (so converting a 170 MB checkpoint needs no model in memory).
+shape (the model is built on the ``meta`` device, so this costs no memory).
 ``infer_config`` goes the other way for peer checkpoints, which carry no
 config: it reads the ResNet depth and cardinality, the number of classes and
 the presence of a mask head off the tensors' shapes. ``compare_state``
 lists every difference between a state dict and the shapes it should have,
 and ``as_tensor`` turns a peer's stored value (numpy array or tensor) into ours.
 
-Shape shorthand: ``C`` FPN channels, ``A`` anchors per location, ``K``
-foreground classes (the classifier has ``K + 1`` outputs, background at 0;
-box regression and mask logits have ``K``), ``D`` box-head fc width,
-``R`` box pooler resolution.
+Shape convention: ``K`` foreground classes; the classifier has ``K + 1``
+outputs (background at 0), box regression and mask logits have ``K``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,93 +26,55 @@ import torch
 from torch import Tensor
 
 from maskrcnn.config import MaskHeadConfig, ModelConfig
+from maskrcnn.model.backbone import BASIC_DEPTHS, BLOCKS_PER_STAGE
+from maskrcnn.model.build import build_model
 
 Shape = tuple[int, ...]
 
-# Bottleneck blocks per stage (res2..res5, torchvision's layer1..layer4).
-RESNET_BLOCKS: dict[int, tuple[int, int, int, int]] = {
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
+# Bottleneck blocks per stage (res2..res5, torchvision's layer1..layer4) of
+# the depths peer checkpoints come in.
+RESNET_BLOCKS: dict[int, tuple[int, ...]] = {
+    d: blocks for d, blocks in BLOCKS_PER_STAGE.items() if d not in BASIC_DEPTHS
 }
-STEM_CHANNELS = 64
-# A bottleneck's output has 4x the channels of its 3x3 conv (for ResNet;
-# ResNeXt widens the 3x3 conv but keeps these outputs).
-BOTTLENECK_EXPANSION = 4
-# Output channels of C2..C5 (the same for every ResNet / ResNeXt depth and width).
-BACKBONE_CHANNELS: tuple[int, ...] = tuple(STEM_CHANNELS * BOTTLENECK_EXPANSION * 2**s for s in range(4))
-# The frozen batch norm's tensors: affine parameters and running statistics
-# (no ``num_batches_tracked``: frozen statistics are never updated).
-NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
-
-
-def _norm(prefix: str, channels: int) -> dict[str, Shape]:
-    return {f"{prefix}.{t}": (channels,) for t in NORM_TENSORS}
-
-
-def _conv(prefix: str, out_ch: int, in_ch: int, k: int, *, bias: bool) -> dict[str, Shape]:
-    shapes = {f"{prefix}.weight": (out_ch, in_ch, k, k)}
-    if bias:
-        shapes[f"{prefix}.bias"] = (out_ch,)
-    return shapes
-
-
-def _backbone_shapes(cfg: ModelConfig) -> dict[str, Shape]:
-    b = cfg.backbone
-    if b.depth not in RESNET_BLOCKS:
-        raise ValueError(f"ResNet depth {b.depth} is not one of {sorted(RESNET_BLOCKS)}")
-    shapes = _conv("backbone.body.conv1", STEM_CHANNELS, 3, 7, bias=False)
-    shapes.update(_norm("backbone.body.bn1", STEM_CHANNELS))
-    in_ch = STEM_CHANNELS
-    for stage, (blocks, out_ch) in enumerate(zip(RESNET_BLOCKS[b.depth], BACKBONE_CHANNELS, strict=True)):
-        # The 3x3 conv's width doubles every stage; grouped, each group sees width / groups inputs.
-        width = b.groups * b.width_per_group * 2**stage
-        for i in range(blocks):
-            p = f"backbone.body.layer{stage + 1}.{i}"
-            shapes.update(_conv(f"{p}.conv1", width, in_ch, 1, bias=False))
-            shapes.update(_norm(f"{p}.bn1", width))
-            shapes.update(_conv(f"{p}.conv2", width, width // b.groups, 3, bias=False))
-            shapes.update(_norm(f"{p}.bn2", width))
-            shapes.update(_conv(f"{p}.conv3", out_ch, width, 1, bias=False))
-            shapes.update(_norm(f"{p}.bn3", out_ch))
-            if i == 0:  # projection shortcut: channels (and, from layer2 on, stride) change
-                shapes.update(_conv(f"{p}.downsample.0", out_ch, in_ch, 1, bias=False))
-                shapes.update(_norm(f"{p}.downsample.1", out_ch))
-            in_ch = out_ch
-    return shapes
 
 
 def expected_state_shapes(cfg: ModelConfig) -> dict[str, Shape]:
-    """Every tensor of the detector ``cfg`` describes, name -> shape, in module order."""
-    c = cfg.fpn.out_channels
-    a = len(cfg.anchors.aspect_ratios)  # one anchor size per FPN level
-    k = cfg.num_classes
-    shapes = _backbone_shapes(cfg)
-    for i, in_ch in enumerate(BACKBONE_CHANNELS):  # 1x1: C2..C5 -> C channels
-        shapes.update(_conv(f"backbone.fpn.lateral.{i}", c, in_ch, 1, bias=True))
-    for i in range(len(BACKBONE_CHANNELS)):  # 3x3 on each merged level
-        shapes.update(_conv(f"backbone.fpn.output.{i}", c, c, 3, bias=True))
-    # P6 is a max-pool of P5: no weights.
-    shapes.update(_conv("rpn.head.conv", c, c, 3, bias=True))
-    shapes.update(_conv("rpn.head.objectness", a, c, 1, bias=True))
-    shapes.update(_conv("rpn.head.deltas", 4 * a, c, 1, bias=True))
+    """Every tensor of the detector ``cfg`` describes, name -> shape, in module order.
 
-    r = cfg.box_head.pooler.resolution
-    d = cfg.box_head.fc_dim
-    shapes.update({"box_head.fc1.weight": (d, c * r * r), "box_head.fc1.bias": (d,)})
-    shapes.update({"box_head.fc2.weight": (d, d), "box_head.fc2.bias": (d,)})
-    shapes.update({"box_head.cls_score.weight": (k + 1, d), "box_head.cls_score.bias": (k + 1,)})
-    shapes.update({"box_head.bbox_pred.weight": (4 * k, d), "box_head.bbox_pred.bias": (4 * k,)})
+    Read off the model itself, built on the ``meta`` device: no memory is
+    allocated and the architecture is described in one place only.
+    """
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg)
+    except ValueError:
+        raise
+    except Exception as e:  # a config no model can be built from
+        raise ValueError(f"cannot build the model this checkpoint describes: {e}") from e
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
-    if cfg.mask_head is not None:
-        in_ch = c
-        for i, dim in enumerate(cfg.mask_head.conv_dims):
-            shapes.update(_conv(f"mask_head.convs.{i}", dim, in_ch, 3, bias=True))
-            in_ch = dim
-        # ConvTranspose2d weights are (in, out, kh, kw); the 2x deconv keeps the width.
-        shapes.update({"mask_head.deconv.weight": (in_ch, in_ch, 2, 2), "mask_head.deconv.bias": (in_ch,)})
-        shapes.update(_conv("mask_head.predictor", k, in_ch, 1, bias=True))
-    return shapes
+
+def rename_state(
+    state: Mapping[str, Any],
+    rename: Callable[[str], tuple[str, Callable[[Tensor], Tensor] | None]],
+    ignored: Callable[[str], bool],
+) -> dict[str, Tensor]:
+    """A peer's state dict under our names: each kept entry renamed and, where needed, transformed.
+
+    Raises ValueError when two entries map to one name.
+    """
+    out: dict[str, Tensor] = {}
+    source: dict[str, str] = {}
+    for name, value in state.items():
+        if ignored(name):
+            continue
+        new, transform = rename(name)
+        if new in out:
+            raise ValueError(f"{source[new]} and {name} both map to {new}")
+        tensor = as_tensor(name, value)
+        out[new] = transform(tensor) if transform is not None else tensor
+        source[new] = name
+    return out
 
 
 def as_tensor(name: str, value: Any) -> Tensor:

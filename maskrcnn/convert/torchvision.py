@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from maskrcnn.config import ModelConfig, torchvision_r50_fpn
-from maskrcnn.convert.shapes import as_tensor, infer_config
+from maskrcnn.convert.shapes import infer_config, rename_state
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -106,17 +106,7 @@ def convert(state: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, Tensor]]:
             "this is a torchvision *_fpn_v2 checkpoint (conv box head, normalised FPN and heads), "
             "which is not supported: only the original R-CNN FPN architecture is"
         )
-    out: dict[str, Tensor] = {}
-    source: dict[str, str] = {}
-    for name, value in state.items():
-        if name.endswith(_IGNORED_SUFFIXES):
-            continue
-        new, transform = _rename(name)
-        if new in out:
-            raise ValueError(f"{source[new]} and {name} both map to {new}")
-        tensor = as_tensor(name, value)
-        out[new] = transform(tensor) if transform is not None else tensor
-        source[new] = name
+    out = rename_state(state, _rename, lambda name: name.endswith(_IGNORED_SUFFIXES))
     return infer_config(torchvision_r50_fpn(), out), out
 
 

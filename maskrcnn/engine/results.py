@@ -38,7 +38,7 @@ def encode_mask(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
     the mask back (after ``counts`` is encoded to bytes, or as is: it accepts
     both).
     """
-    array = _to_numpy(mask)
+    array = to_numpy(mask)
     if array.ndim != 2:
         raise ValueError(f"expected one (H, W) mask, got shape {array.shape}")
     return _encode_masks(array[None])[0]
@@ -62,18 +62,18 @@ def to_coco_results(
     keypoint's score (a float), where COCO ground truth has a visibility flag;
     COCO's keypoint evaluation does not read it from results.
     """
-    boxes_np = _to_numpy(boxes).astype(np.float64).reshape(-1, 4)
-    scores_np = _to_numpy(scores).astype(np.float64).reshape(-1)
+    boxes_np = to_numpy(boxes).astype(np.float64).reshape(-1, 4)
+    scores_np = to_numpy(scores).astype(np.float64).reshape(-1)
     count = boxes_np.shape[0]
     if scores_np.shape[0] != count or len(category_ids) != count:
         raise ValueError(
             f"inconsistent detection counts: {count} boxes, {scores_np.shape[0]} scores, "
             f"{len(category_ids)} category ids"
         )
-    masks_np = None if masks is None else _to_numpy(masks)
+    masks_np = None if masks is None else to_numpy(masks)
     if masks_np is not None and (masks_np.ndim != 3 or masks_np.shape[0] != count):
         raise ValueError(f"expected masks of shape ({count}, H, W), got {masks_np.shape}")
-    keypoints_np = None if keypoints is None else _to_numpy(keypoints).astype(np.float64)
+    keypoints_np = None if keypoints is None else to_numpy(keypoints).astype(np.float64)
     if keypoints_np is not None and (
         keypoints_np.ndim != 3 or keypoints_np.shape[0] != count or keypoints_np.shape[2] != 3
     ):
@@ -141,7 +141,8 @@ def _encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
-def _to_numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
+def to_numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A tensor (any device, any float type) or array as a numpy array."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
         if value.is_floating_point():

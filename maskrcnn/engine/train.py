@@ -102,6 +102,7 @@ def _batch(images: list[Tensor], targets: list[Targets], cfg: ModelConfig, devic
            ) -> tuple[ImageBatch, list[Targets]]:
     sizes = [(im.shape[1], im.shape[2]) for im in images]
     tensor = pad_batch([im.to(device) for im in images], cfg.input.size_divisibility)
+    tensor = tensor.contiguous(memory_format=torch.channels_last)
     return ImageBatch(tensor, sizes, sizes), [t.to(device) for t in targets]
 
 
@@ -144,7 +145,8 @@ class Trainer:
             self.skipped_weights = load_initial_weights(self.model, init_weights)
         if solver.sync_bn and self.world > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # type: ignore[assignment]
-        self.model.to(self.device)
+        # Channels-last convolutions are faster on the CPU and on tensor cores.
+        self.model.to(self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
             _parameter_groups(self.model, solver.weight_decay), lr=solver.lr, momentum=solver.momentum
         )
@@ -333,7 +335,6 @@ class Trainer:
             metrics, _ = evaluate(predictor, self.validation.json_path, self.validation.image_dir,
                                   progress=self.progress)
             self.model.train()
-            self.model.to(memory_format=torch.contiguous_format)
             flat = {f"{kind}/{k}": v for kind in ("bbox", "segm") for k, v in metrics.get(kind, {}).items()}
             self._log({"iteration": self.iteration, **flat})
             if self.progress:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .results import to_numpy
+
 Color = tuple[int, int, int]
 
 # Saturated hues far apart from each other first; the pale and dark variants
@@ -96,19 +98,19 @@ def draw_detections(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
     height, width = image.shape[:2]
-    boxes_np = _to_numpy(boxes).astype(np.float64).reshape(-1, 4)
-    scores_np = _to_numpy(scores).astype(np.float64).reshape(-1)
+    boxes_np = to_numpy(boxes).astype(np.float64).reshape(-1, 4)
+    scores_np = to_numpy(scores).astype(np.float64).reshape(-1)
     count = boxes_np.shape[0]
     if scores_np.shape[0] != count or len(labels) != count:
         raise ValueError(
             f"inconsistent counts: {count} boxes, {scores_np.shape[0]} scores, {len(labels)} labels"
         )
-    masks_np = None if masks is None else _to_numpy(masks)
+    masks_np = None if masks is None else to_numpy(masks)
     if masks_np is not None:
         if masks_np.shape != (count, height, width):
             raise ValueError(f"expected masks of shape {(count, height, width)}, got {masks_np.shape}")
         masks_np = masks_np if masks_np.dtype == bool else masks_np > 0.5
-    keypoints_np = None if keypoints is None else _to_numpy(keypoints).astype(np.float64)
+    keypoints_np = None if keypoints is None else to_numpy(keypoints).astype(np.float64)
     if keypoints_np is not None and (
         keypoints_np.ndim != 3 or keypoints_np.shape[0] != count or keypoints_np.shape[2] != 3
     ):
@@ -225,12 +227,3 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default(size=size)
     except (TypeError, ImportError, OSError):  # Pillow < 10.1, or built without FreeType
         return ImageFont.load_default()
-
-
-def _to_numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        if value.is_floating_point():
-            value = value.float()  # bfloat16 has no numpy twin
-        return value.numpy()
-    return np.asarray(value)

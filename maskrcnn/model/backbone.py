@@ -74,6 +74,23 @@ def conv_bn(x: Tensor, conv: nn.Conv2d, norm: nn.Module) -> Tensor:
     return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
+def projection(
+    in_channels: int, out_channels: int, stride: int, norm: NormKind, eps: float
+) -> nn.Module | None:
+    """The 1x1 conv + norm shortcut of a block that changes channels or resolution; None otherwise."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), make_norm(norm, out_channels, eps)
+    )
+
+
+def residual_relu(out: Tensor, x: Tensor, shortcut: nn.Module | None) -> Tensor:
+    """``relu(out + shortcut(x))``, the identity when there is no projection."""
+    out = out + (x if shortcut is None else conv_bn(x, shortcut[0], shortcut[1]))
+    return torch.relu_(out)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs (ResNet-18/34); residual sum, then ReLU."""
 
@@ -85,21 +102,11 @@ class BasicBlock(nn.Module):
         self.bn1 = make_norm(norm, out_channels, eps)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = make_norm(norm, out_channels, eps)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                make_norm(norm, out_channels, eps),
-            )
+        self.downsample = projection(in_channels, out_channels, stride, norm, eps)
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu_(conv_bn(x, self.conv1, self.bn1))
-        out = conv_bn(out, self.conv2, self.bn2)
-        if self.downsample is None:
-            out = out + x
-        else:
-            out = out + conv_bn(x, self.downsample[0], self.downsample[1])
-        return torch.relu_(out)
+        return residual_relu(conv_bn(out, self.conv2, self.bn2), x, self.downsample)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -129,22 +136,12 @@ class Bottleneck(nn.Module):
         self.bn2 = make_norm(norm, width, eps)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = make_norm(norm, out_channels, eps)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                make_norm(norm, out_channels, eps),
-            )
+        self.downsample = projection(in_channels, out_channels, stride, norm, eps)
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu_(conv_bn(x, self.conv1, self.bn1))
         out = torch.relu_(conv_bn(out, self.conv2, self.bn2))
-        out = conv_bn(out, self.conv3, self.bn3)
-        if self.downsample is None:
-            out = out + x
-        else:
-            out = out + conv_bn(x, self.downsample[0], self.downsample[1])
-        return torch.relu_(out)
+        return residual_relu(conv_bn(out, self.conv3, self.bn3), x, self.downsample)
 
 
 class ResNet(nn.Module):
