@@ -273,3 +273,31 @@ def test_isolated_non_finite_losses_are_skipped_and_training_goes_on(dataset: Co
     assert sorted(metrics) == [1, 2]
     assert all(math.isfinite(metrics[i]["total_loss"]) for i in (1, 2))
     assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_bf16_autocast_on_the_cpu_trains(dataset: CocoDataset, tmp_path: Path):
+    trainer = _trainer(dataset, tmp_path, iterations=2, bf16_cpu=True, checkpoint_period=0)
+    trainer.train()
+    records = _metrics(tmp_path)
+    assert all(math.isfinite(records[i]["total_loss"]) for i in (1, 2))
+    assert (tmp_path / "model_final.pth").is_file()
+
+
+def test_initial_weights_with_other_classes_keep_fresh_class_layers(dataset: CocoDataset, tmp_path: Path):
+    from maskrcnn.engine.checkpoint import save_model
+    from maskrcnn.model import build_model
+
+    source_cfg = _model_cfg(dataset).replace(num_classes=7, class_names=(), category_ids=())
+    torch.manual_seed(3)
+    source = build_model(source_cfg).state_dict()
+    path = save_model(tmp_path / "source.pth", source_cfg, source)
+    trainer = Trainer(model_cfg=_model_cfg(dataset), solver=_solver(), dataset=dataset,
+                      out_dir=tmp_path / "run", init_weights=path, progress=False)
+    assert set(trainer.skipped_weights) == {
+        "box_head.cls_score.weight", "box_head.cls_score.bias", "box_head.bbox_pred.weight",
+        "box_head.bbox_pred.bias", "mask_head.predictor.weight", "mask_head.predictor.bias",
+    }
+    loaded = trainer.model.state_dict()
+    assert torch.equal(loaded["backbone.body.conv1.weight"], source["backbone.body.conv1.weight"])
+    assert torch.equal(loaded["box_head.fc1.weight"], source["box_head.fc1.weight"])
+    assert loaded["box_head.cls_score.weight"].shape[0] == len(dataset.class_names) + 1
