@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .config import ModelConfig
+
 # Fewer images than this run without a progress bar.
 PROGRESS_MIN_IMAGES = 4
 
@@ -48,6 +50,8 @@ def run_predict(args: argparse.Namespace) -> int:
     except (CheckpointError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from e
     viz_dir = Path(args.viz) if args.viz else None
+    keypoint_head = predictor.config.keypoint_head
+    skeleton = keypoint_head.skeleton if keypoint_head is not None else ()
     if viz_dir is not None:
         viz_dir.mkdir(parents=True, exist_ok=True)
 
@@ -62,9 +66,10 @@ def run_predict(args: argparse.Namespace) -> int:
         detections = predictor.predict_arrays(arrays)
         for name, image, det in zip(names, arrays, detections, strict=True):
             results.extend(to_coco_results(name, det.boxes, det.scores, predictor.category_ids(det),
-                                           det.masks))
+                                           det.masks, det.keypoints))
             if viz_dir is not None:
-                picture = draw_detections(image, det.boxes, det.names, det.scores, det.masks)
+                picture = draw_detections(image, det.boxes, det.names, det.scores, det.masks,
+                                          det.keypoints, skeleton)
                 picture.save(viz_dir / (Path(name).with_suffix("").as_posix().replace("/", "__") + ".png"))
         bar.update(len(pending))
         pending.clear()
@@ -134,6 +139,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def parameter_count(cfg: ModelConfig) -> int:
+    """Learnable parameters of the detector ``cfg`` describes (built on the meta device: no memory)."""
+    from .model import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    from .config import COCO_IDS_80, PRESETS
+
+    rows = []
+    for name, preset in PRESETS.items():
+        classes = preset.model.num_classes if preset.model.class_names else len(COCO_IDS_80)
+        cfg = preset.model.replace(num_classes=classes, class_names=(), category_ids=())
+        rows.append((name, f"{parameter_count(cfg) / 1e6:.1f}M", preset.description))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'preset':<{width}}  params  description")
+    for name, params, description in rows:
+        print(f"{name:<{width}}  {params:>6}  {description}")
+    print("(parameters with the 80 COCO classes, or the preset's own classes)")
+    return 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .engine.demo import demo
 
@@ -178,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=run_evaluate)
 
     from .engine.train import add_train_arguments, run_train
+
+    pr = sub.add_parser("presets", help="list the model presets usable as train --preset")
+    pr.set_defaults(func=run_presets)
 
     t = sub.add_parser("train", help="train on a COCO-format dataset")
     add_train_arguments(t)

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_type_hints
 ResizeRule = Literal["torchvision", "detectron2"]
 PasteRule = Literal["torchvision", "detectron2"]
 PoolerKind = Literal["roi_align", "roi_pool", "roi_warp"]
+MaskLoss = Literal["sigmoid", "softmax", "class_agnostic"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,56 @@ class MaskHeadConfig:
     #   to integers; "detectron2": bilinear sampling at pixel centres of the exact box.
     paste_rule: PasteRule = "torchvision"
     threshold: float = 0.5
+    # "sigmoid": one mask per class, per-pixel sigmoid on the true class only
+    # (the paper's choice: masks do not compete); "softmax": a background
+    # channel and K class channels competing through a per-pixel softmax;
+    # "class_agnostic": one mask for every class (the paper's Table 2b).
+    loss: MaskLoss = "sigmoid"
+
+
+# COCO's person keypoints, in the order of its annotations.
+COCO_KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+# Keypoints that trade places under a horizontal flip (left <-> right), 0-based.
+COCO_KEYPOINT_FLIP_PAIRS: tuple[tuple[int, int], ...] = tuple((i, i + 1) for i in range(1, 17, 2))
+# COCO's "skeleton" (the limbs drawn between keypoints), 0-based.
+COCO_SKELETON: tuple[tuple[int, int], ...] = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KeypointHeadConfig:
+    """Keypoint head (Mask R-CNN, Section 5): 8 conv 3x3, a 2x deconv and 2x bilinear upsampling.
+
+    Each keypoint is a one-hot ``S x S`` mask over the RoI, ``S = 4 x`` the
+    pooler's resolution (``heatmap_size``: 14 -> 28 by the deconv -> 56).
+    """
+
+    pooler: PoolerConfig = field(default_factory=lambda: PoolerConfig(resolution=14))
+    conv_dims: tuple[int, ...] = (512,) * 8
+    num_keypoints: int = 17
+    # Optional metadata: names, the pairs a horizontal flip swaps (training
+    # augmentation) and the limbs drawn between keypoints (``--viz``).
+    keypoint_names: tuple[str, ...] = COCO_KEYPOINT_NAMES
+    flip_pairs: tuple[tuple[int, int], ...] = COCO_KEYPOINT_FLIP_PAIRS
+    skeleton: tuple[tuple[int, int], ...] = COCO_SKELETON
+
+    def __post_init__(self) -> None:
+        if self.keypoint_names and len(self.keypoint_names) != self.num_keypoints:
+            raise ValueError(f"{len(self.keypoint_names)} keypoint names for {self.num_keypoints} keypoints")
+        for pair in (*self.flip_pairs, *self.skeleton):
+            if len(pair) != 2 or not all(0 <= i < self.num_keypoints for i in pair):
+                raise ValueError(f"keypoint pair {pair} is not two indices below {self.num_keypoints}")
+
+    @property
+    def heatmap_size(self) -> int:
+        """Side of the predicted heatmaps: the deconv and the upsampling each double the pooled side."""
+        return 4 * self.pooler.resolution
 
 
 @dataclass(frozen=True)
@@ -182,6 +233,8 @@ class ModelConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     box_head: BoxHeadConfig = field(default_factory=BoxHeadConfig)
     mask_head: MaskHeadConfig | None = field(default_factory=MaskHeadConfig)
+    # Keypoint R-CNN's head (None: no keypoints).
+    keypoint_head: KeypointHeadConfig | None = None
     # After mapping boxes back to the input image, clip them to it and drop
     # empty ones (Detectron2 does; torchvision does not).
     clip_to_original: bool = False
@@ -226,9 +279,14 @@ def _from_dict(cls: type, data: Any) -> Any:
         if sub is not None and value is not None:
             value = _from_dict(sub, value)
         elif isinstance(value, list):
-            value = tuple(value)
+            value = _tuples(value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to (nested) tuples: ``[[1, 2], [3, 4]] -> ((1, 2), (3, 4))``."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _dataclass_in(hint: Any) -> type | None:
@@ -274,6 +332,22 @@ def torchvision_r50_fpn() -> ModelConfig:
         num_classes=len(ids),
         class_names=tuple(COCO_CATEGORY_NAMES[i] for i in ids),
         category_ids=ids,
+    )
+
+
+def torchvision_keypoint_r50_fpn() -> ModelConfig:
+    """torchvision's ``keypointrcnn_resnet50_fpn``: one class (person, COCO id 1), 17 keypoints, no masks.
+
+    Its other defaults are Faster R-CNN's, as for ``maskrcnn_resnet50_fpn``,
+    except training's multi-scale resize (shortest edge 640..800; 800 at test).
+    """
+    return ModelConfig(
+        num_classes=1,
+        class_names=("person",),
+        category_ids=(1,),
+        input=InputConfig(train_min_sizes=(640, 672, 704, 736, 768, 800)),
+        mask_head=None,
+        keypoint_head=KeypointHeadConfig(),
     )
 
 
@@ -376,6 +450,9 @@ PRESETS: dict[str, Preset] = {
     "r101-fpn": Preset("ResNet-101-FPN Mask R-CNN", _fpn_preset(101)),
     "x101-32x8d-fpn": Preset("ResNeXt-101 32x8d FPN Mask R-CNN", _fpn_preset(101, 32, 8)),
     "x101-64x4d-fpn": Preset("ResNeXt-101 64x4d FPN Mask R-CNN", _fpn_preset(101, 64, 4)),
+    "r50-fpn-keypoints": Preset(
+        "ResNet-50-FPN Keypoint R-CNN (17 COCO keypoints)", torchvision_keypoint_r50_fpn()
+    ),
     "demo-r18-fpn": Preset(
         "small ResNet-18-FPN (group norm, 32-wide stem) for 128-px images, trains from scratch on a CPU",
         demo_model(),

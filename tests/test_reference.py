@@ -13,7 +13,7 @@ import pytest
 from maskrcnn.cli import main
 from maskrcnn.engine.reference import write_fixture_weights
 
-FIXTURES = ["torchvision-maskrcnn-r50-fpn", "detectron2-maskrcnn-r50-fpn"]
+FIXTURES = ["torchvision-maskrcnn-r50-fpn", "detectron2-maskrcnn-r50-fpn", "torchvision-keypointrcnn-r50-fpn"]
 
 
 @pytest.mark.parametrize("fixture", FIXTURES)

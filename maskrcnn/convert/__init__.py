@@ -231,6 +231,8 @@ def _architecture(cfg: ModelConfig) -> str:
     b = cfg.backbone
     net = f"ResNet-{b.depth}" if b.groups == 1 else f"ResNeXt-{b.depth} {b.groups}x{b.width_per_group}d"
     heads = "box and mask heads" if cfg.mask_head is not None else "box head, no mask head"
+    if cfg.keypoint_head is not None:
+        heads += f", {cfg.keypoint_head.num_keypoints}-keypoint head"
     return f"{net} FPN, {cfg.num_classes} classes, {heads}"
 
 

@@ -5,7 +5,7 @@ model: every state-dict name the detector built from ``cfg`` has, with its
 shape (the model is built on the ``meta`` device, so this costs no memory).
 ``infer_config`` goes the other way for peer checkpoints, which carry no
 config: it reads the ResNet depth and cardinality, the number of classes and
-the presence of a mask head off the tensors' shapes. ``compare_state``
+the presence of mask and keypoint heads off the tensors' shapes. ``compare_state``
 lists every difference between a state dict and the shapes it should have,
 and ``as_tensor`` turns a peer's stored value (numpy array or tensor) into ours.
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from maskrcnn.config import MaskHeadConfig, ModelConfig
+from maskrcnn.config import KeypointHeadConfig, MaskHeadConfig, ModelConfig
 from maskrcnn.model.backbone import BASIC_DEPTHS, BLOCKS_PER_STAGE
 from maskrcnn.model.build import build_model
 
@@ -102,7 +102,8 @@ def infer_config(base: ModelConfig, state: Mapping[str, Any]) -> ModelConfig:
 
     Read off the tensors: ResNet depth (blocks per stage), ResNeXt groups and
     width per group (the first 3x3 conv's shape), number of classes (the
-    classifier's rows minus background) and whether there is a mask head.
+    classifier's rows minus background), whether there is a mask head, and
+    whether there is a keypoint head (with its conv widths and keypoint count).
     When the class count differs from ``base``'s, class names and category
     ids become generic (``class_1``.., ids 1..K). Lenient on missing tensors
     (they keep ``base``'s value; ``compare_state`` reports them); raises
@@ -143,7 +144,36 @@ def infer_config(base: ModelConfig, state: Mapping[str, Any]) -> ModelConfig:
         cfg = cfg.replace(mask_head=None)
     elif cfg.mask_head is None:
         cfg = cfg.replace(mask_head=MaskHeadConfig())
-    return cfg
+    return cfg.replace(keypoint_head=_keypoint_head(cfg.keypoint_head, state))
+
+
+_KEYPOINT_CONV = re.compile(r"keypoint_head\.convs\.(\d+)\.weight")
+
+
+def _keypoint_head(base: KeypointHeadConfig | None, state: Mapping[str, Any]) -> KeypointHeadConfig | None:
+    """The keypoint head ``state`` holds: conv widths and keypoint count off the tensors, or None.
+
+    A count other than ``base``'s (COCO's 17 by default) drops the names,
+    flip pairs and skeleton, which only fit the keypoints they were written for.
+    """
+    if not any(name.startswith("keypoint_head.") for name in state):
+        return None
+    head = base or KeypointHeadConfig()
+    convs = {}
+    for name in state:
+        m = _KEYPOINT_CONV.fullmatch(name)
+        shape = _shape(state, name)
+        if m and shape:
+            convs[int(m.group(1))] = shape[0]
+    if convs:
+        head = dataclasses.replace(head, conv_dims=tuple(convs[i] for i in sorted(convs)))
+    # ConvTranspose2d weights are (in, out, k, k): one output channel per keypoint.
+    weight = _shape(state, "keypoint_head.predictor.weight")
+    bias = _shape(state, "keypoint_head.predictor.bias")
+    count = weight[1] if weight and len(weight) == 4 else bias[0] if bias else head.num_keypoints
+    if count != head.num_keypoints:
+        head = dataclasses.replace(head, num_keypoints=count, keypoint_names=(), flip_pairs=(), skeleton=())
+    return head
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""torchvision ``maskrcnn_resnet50_fpn`` (and ``fasterrcnn_resnet50_fpn``) weights -> ours.
+"""torchvision ``maskrcnn_resnet50_fpn`` weights (also Faster and Keypoint R-CNN's) -> ours.
 
 torchvision names the model after its module tree
 (``backbone.fpn.inner_blocks.0.0``, ``roi_heads.box_predictor.cls_score``).
@@ -14,6 +14,13 @@ but box regression and mask logits only exist for the ``K`` foreground
 classes, so their background slot (the first 4 rows of ``bbox_pred``, the
 first row of ``mask_fcn_logits``) is dropped. With COCO's 91 slots, K = 90
 labels are COCO category ids minus one, ten of them "N/A".
+
+Keypoint R-CNN: torchvision's keypoint head is one ``nn.Sequential`` of
+conv, ReLU, conv, ReLU, ... (``keypoint_head.0``, ``.2``, ..., ``.14``: the
+ReLUs hold no weights), which become ``keypoint_head.convs.0..7``; its
+``keypoint_predictor.kps_score_lowres`` deconvolution is our
+``keypoint_head.predictor``. Its 2 classes (background, person) leave us one
+foreground class, person, COCO category id 1.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from maskrcnn.config import ModelConfig, torchvision_r50_fpn
+from maskrcnn.config import ModelConfig, torchvision_keypoint_r50_fpn, torchvision_r50_fpn
 from maskrcnn.convert.shapes import infer_config, rename_state
 
 Transform = Callable[[Tensor], Tensor]
@@ -59,10 +66,14 @@ _RULES: list[tuple[re.Pattern[str], str, Transform | None]] = [
         # (K + 1, 256, 1, 1) -> (K, 256, 1, 1)
         (r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", r"mask_head.predictor.\1",
          _drop_rows(1)),
+        (r"roi_heads\.keypoint_predictor\.kps_score_lowres\.(weight|bias)", r"keypoint_head.predictor.\1",
+         None),
     ]
 ]
 # Old layout's mask convs are numbered from 1.
 _OLD_MASK_FCN = re.compile(r"roi_heads\.mask_head\.mask_fcn(\d+)\.(weight|bias)")
+# Keypoint convs sit at the even places of a Sequential of (conv, ReLU) pairs.
+_KEYPOINT_CONV = re.compile(r"roi_heads\.keypoint_head\.(\d*[02468])\.(weight|bias)")
 
 # Batch-norm step counters: meaningless for frozen batch norm.
 _IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -83,6 +94,9 @@ def _rename(name: str) -> tuple[str, Transform | None]:
     m = _OLD_MASK_FCN.fullmatch(name)
     if m:
         return f"mask_head.convs.{int(m.group(1)) - 1}.{m.group(2)}", None
+    m = _KEYPOINT_CONV.fullmatch(name)
+    if m:
+        return f"keypoint_head.convs.{int(m.group(1)) // 2}.{m.group(2)}", None
     for pattern, template, transform in _RULES:
         if pattern.fullmatch(name):
             return pattern.sub(template, name), transform
@@ -93,21 +107,19 @@ def _rename(name: str) -> tuple[str, Transform | None]:
 def convert(state: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, Tensor]]:
     """Our config and state dict from a torchvision detection state dict.
 
-    The config starts from ``torchvision_r50_fpn()``; depth, ResNeXt width,
-    class count and mask head presence come from the tensors. Raises
-    ValueError for keypoint and v2 models.
+    The config starts from ``torchvision_r50_fpn()`` (``torchvision_keypoint_r50_fpn()``
+    for keypoint R-CNN); depth, ResNeXt width, class count, mask head presence
+    and keypoint count come from the tensors. Raises ValueError for v2 models.
     """
-    if any(k.startswith(_KEYPOINT_PREFIXES) for k in state):
-        raise ValueError(
-            "this is a torchvision keypoint R-CNN checkpoint: keypoint checkpoints are not supported yet"
-        )
     if any(k in state for k in _V2_MARKERS):
         raise ValueError(
             "this is a torchvision *_fpn_v2 checkpoint (conv box head, normalised FPN and heads), "
             "which is not supported: only the original R-CNN FPN architecture is"
         )
     out = rename_state(state, _rename, lambda name: name.endswith(_IGNORED_SUFFIXES))
-    return infer_config(torchvision_r50_fpn(), out), out
+    keypoints = any(k.startswith(_KEYPOINT_PREFIXES) for k in state)
+    base = torchvision_keypoint_r50_fpn() if keypoints else torchvision_r50_fpn()
+    return infer_config(base, out), out
 
 
 def save_state_dict(path: str | os.PathLike[str], state: Mapping[str, Tensor]) -> None:

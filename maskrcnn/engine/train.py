@@ -221,6 +221,8 @@ class Trainer:
             rank=self.rank,
             world_size=self.world,
             start_iteration=self.iteration,
+            # A flip swaps left and right keypoints (left eye <-> right eye).
+            flip_pairs=self.cfg.keypoint_head.flip_pairs if self.cfg.keypoint_head is not None else (),
         ))
 
     def train(self) -> dict[str, Any] | None:

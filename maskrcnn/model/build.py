@@ -8,16 +8,16 @@ from .anchors import AnchorGenerator
 from .backbone import ResNet
 from .box_head import BoxHead
 from .fpn import FPN, BackboneWithFPN
-from .mask_head import MaskHead
+from .keypoint_head import KeypointHead
+from .mask_head import MaskHead, mask_channels
 from .mask_rcnn import InferenceSettings, MaskRCNN, TrainingSettings
 from .poolers import MultiLevelRoIPooler
 from .rpn import RPN, RPNHead
 
 
 def build_pooler(cfg: PoolerConfig, strides: tuple[int, ...]) -> MultiLevelRoIPooler:
-    if cfg.kind != "roi_align":
-        raise NotImplementedError(f"pooler kind {cfg.kind!r} is not available yet")
     return MultiLevelRoIPooler(
+        kind=cfg.kind,
         strides=strides[:4],  # P2..P5: P6 serves the RPN only
         resolution=cfg.resolution,
         sampling_ratio=cfg.sampling_ratio,
@@ -62,7 +62,15 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
     mask_pooler = None
     if mh is not None:
         mask_pooler = build_pooler(mh.pooler, cfg.fpn.strides)
-        mask_head = MaskHead(in_channels=channels, conv_dims=mh.conv_dims, num_classes=cfg.num_classes)
+        mask_head = MaskHead(in_channels=channels, conv_dims=mh.conv_dims,
+                             num_masks=mask_channels(mh.loss, cfg.num_classes))
+    kh = cfg.keypoint_head
+    keypoint_head = None
+    keypoint_pooler = None
+    if kh is not None:
+        keypoint_pooler = build_pooler(kh.pooler, cfg.fpn.strides)
+        keypoint_head = KeypointHead(in_channels=channels, conv_dims=kh.conv_dims,
+                                     num_keypoints=kh.num_keypoints)
     inference = InferenceSettings(
         rpn_pre_nms_topk=cfg.rpn.pre_nms_topk_test,
         rpn_post_nms_topk=cfg.rpn.post_nms_topk_test,
@@ -73,6 +81,7 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         min_box_size=bh.min_box_size,
         paste_rule=mh.paste_rule if mh is not None else "torchvision",
         mask_threshold=mh.threshold if mh is not None else 0.5,
+        mask_loss=mh.loss if mh is not None else "sigmoid",
         clip_to_original=cfg.clip_to_original,
     )
     training = TrainingSettings(
@@ -93,6 +102,7 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         roi_smooth_l1_beta=bh.smooth_l1_beta,
         roi_crowd_ioa_thresh=bh.crowd_ioa_thresh,
         mask_size=2 * mh.pooler.resolution if mh is not None else 0,
+        mask_loss=mh.loss if mh is not None else "sigmoid",
     )
     return MaskRCNN(
         training=training,
@@ -102,5 +112,7 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         box_head=box_head,
         mask_pooler=mask_pooler,
         mask_head=mask_head,
+        keypoint_pooler=keypoint_pooler,
+        keypoint_head=keypoint_head,
         inference=inference,
     )

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..config import MaskLoss
 from ..dist import global_normaliser
 from ..ops.roi_align import roi_align
 from ..structures import RoISamples, Targets
@@ -22,14 +23,14 @@ from ..structures import RoISamples, Targets
 class MaskHead(nn.Module):
     """``4 x (conv3x3, ReLU) -> deconv 2x2/2, ReLU -> conv1x1 to K masks``."""
 
-    def __init__(self, *, in_channels: int, conv_dims: tuple[int, ...], num_classes: int) -> None:
+    def __init__(self, *, in_channels: int, conv_dims: tuple[int, ...], num_masks: int) -> None:
         super().__init__()
         dims = (in_channels, *conv_dims)
         self.convs = nn.ModuleList(
             nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:], strict=True)
         )
         self.deconv = nn.ConvTranspose2d(dims[-1], dims[-1], 2, stride=2)
-        self.predictor = nn.Conv2d(dims[-1], num_classes, 1)
+        self.predictor = nn.Conv2d(dims[-1], num_masks, 1)
         for conv in [*self.convs, self.deconv]:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
@@ -42,9 +43,24 @@ class MaskHead(nn.Module):
         return self.predictor(torch.relu_(self.deconv(x)))
 
 
-def mask_probabilities(mask_logits: Tensor, labels: Tensor) -> Tensor:
-    """Sigmoid of each RoI's mask for its own class: ``(D, K, S, S), (D,) -> (D, S, S)``."""
+def mask_channels(loss: MaskLoss, num_classes: int) -> int:
+    """Mask predictor outputs: K per-class masks, K + 1 with a background channel, or one."""
+    channels = {"sigmoid": num_classes, "softmax": num_classes + 1, "class_agnostic": 1}
+    if loss not in channels:
+        raise ValueError(f"unknown mask loss {loss!r}: sigmoid, softmax or class_agnostic")
+    return channels[loss]
+
+
+def mask_probabilities(mask_logits: Tensor, labels: Tensor, loss: MaskLoss = "sigmoid") -> Tensor:
+    """Each RoI's foreground probability map for its class: ``(D, M, S, S), (D,) -> (D, S, S)``.
+
+    ``labels`` are contiguous foreground labels 0..K-1.
+    """
     index = torch.arange(labels.shape[0], device=labels.device)
+    if loss == "softmax":
+        return mask_logits.softmax(dim=1)[index, labels + 1]
+    if loss == "class_agnostic":
+        return mask_logits[:, 0].sigmoid()
     return mask_logits[index, labels].sigmoid()
 
 
@@ -69,16 +85,27 @@ def mask_targets(samples: list[RoISamples], targets: list[Targets], size: int) -
     return torch.cat(out)
 
 
-def mask_loss(mask_logits: Tensor, classes: Tensor, targets: Tensor) -> Tensor:
-    """Per-pixel sigmoid cross-entropy on each positive RoI's own class mask only.
+def mask_loss(mask_logits: Tensor, classes: Tensor, targets: Tensor, loss: MaskLoss = "sigmoid") -> Tensor:
+    """The mask loss of the positive RoIs, averaged over their pixels.
 
-    ``mask_logits (P, K, S, S)``, ``classes (P,)`` in 1..K, ``targets (P, S, S)``.
+    ``mask_logits (P, M, S, S)``, ``classes (P,)`` in 1..K, ``targets (P, S, S)``.
+
+    - ``"sigmoid"`` (the paper's): binary cross-entropy of the true class's
+      mask only; other classes' masks get no gradient, so masks do not compete.
+    - ``"softmax"``: per-pixel cross-entropy over a background channel and the K
+      class channels, the target being the true class inside the mask and
+      background outside.
+    - ``"class_agnostic"``: binary cross-entropy of the single mask.
+
     With no positive RoI the loss is an exact 0 that still reaches the head's
     parameters (so data-parallel training sees every parameter used).
     """
     normaliser = global_normaliser(targets.numel(), mask_logits.device)
     if classes.numel() == 0:
         return mask_logits.sum() * 0.0
+    if loss == "softmax":
+        target_class = torch.where(targets.bool(), classes[:, None, None], 0)
+        return F.cross_entropy(mask_logits, target_class, reduction="sum") / normaliser
     index = torch.arange(classes.numel(), device=classes.device)
-    logits = mask_logits[index, classes - 1]
+    logits = mask_logits[:, 0] if loss == "class_agnostic" else mask_logits[index, classes - 1]
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="sum") / normaliser

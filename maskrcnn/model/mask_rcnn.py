@@ -4,11 +4,14 @@
 ``predict(batch)`` runs inference: proposals from the RPN, RoIAlign features
 for the box head, per-class detections, RoIAlign features of the detections
 for the mask head, and the mask of each detection's class pasted into the
-image at its box. Boxes and masks come back in the pixels of the images the
-user passed in (``ImageBatch.original_sizes``).
+image at its box. With a keypoint head (Keypoint R-CNN, Section 5) the
+detections' RoIAlign features also go to it, and each keypoint heatmap's
+maximum becomes a keypoint. Boxes, masks and keypoints come back in the
+pixels of the images the user passed in (``ImageBatch.original_sizes``).
 
 Shapes: ``batch.tensor (N, 3, H, W)`` -> ``N`` ``Detections`` with
-``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)``, ``masks (D, H_i, W_i)``.
+``boxes (D, 4)``, ``scores (D,)``, ``labels (D,)``, ``masks (D, H_i, W_i)``,
+``keypoints (D, P, 3)``.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..config import MaskLoss
 from ..ops.boxes import BoxCoder, clip_boxes, large_enough, scale_boxes
 from ..ops.masks import paste_masks
 from ..structures import Detections, ImageBatch, Targets
 from .box_head import BoxHead, box_head_loss, detect_boxes, sample_rois
 from .fpn import BackboneWithFPN
+from .keypoint_head import KeypointHead, keypoint_heatmaps_to_xy, keypoint_loss, keypoint_targets
 from .mask_head import MaskHead, mask_loss, mask_probabilities, mask_targets
 from .poolers import MultiLevelRoIPooler
 from .rpn import RPN, rpn_loss
@@ -49,6 +54,7 @@ class TrainingSettings:
     roi_smooth_l1_beta: float
     roi_crowd_ioa_thresh: float
     mask_size: int
+    mask_loss: MaskLoss
 
 
 @dataclass(frozen=True)
@@ -64,11 +70,12 @@ class InferenceSettings:
     min_box_size: float | None
     paste_rule: str
     mask_threshold: float
+    mask_loss: MaskLoss
     clip_to_original: bool
 
 
 class MaskRCNN(nn.Module):
-    """Backbone with FPN, RPN, box head and (optionally) mask head."""
+    """Backbone with FPN, RPN, box head and (optionally) mask and keypoint heads."""
 
     def __init__(
         self,
@@ -81,6 +88,8 @@ class MaskRCNN(nn.Module):
         mask_head: MaskHead | None,
         inference: InferenceSettings,
         training: TrainingSettings,
+        keypoint_pooler: MultiLevelRoIPooler | None = None,
+        keypoint_head: KeypointHead | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -89,6 +98,8 @@ class MaskRCNN(nn.Module):
         self.box_head = box_head
         self.mask_pooler = mask_pooler
         self.mask_head = mask_head
+        self.keypoint_pooler = keypoint_pooler
+        self.keypoint_head = keypoint_head
         self.inference = inference
         self.training_settings = training
 
@@ -100,7 +111,8 @@ class MaskRCNN(nn.Module):
         """The multi-task loss L = L_cls + L_box + L_mask, plus the RPN's two terms.
 
         Returns exactly ``loss_rpn_objectness``, ``loss_rpn_box``,
-        ``loss_classifier``, ``loss_box`` and (with a mask head) ``loss_mask``.
+        ``loss_classifier``, ``loss_box``, (with a mask head) ``loss_mask`` and
+        (with a keypoint head) ``loss_keypoint``.
         """
         s = self.training_settings
         features = self.backbone(batch.tensor)
@@ -129,7 +141,17 @@ class MaskRCNN(nn.Module):
             positive = [r.boxes[r.foreground] for r in samples]
             mask_logits = self.mask_head(self.mask_pooler(features, positive))
             classes = torch.cat([r.classes[r.foreground] for r in samples])
-            losses["loss_mask"] = mask_loss(mask_logits, classes, mask_targets(samples, targets, s.mask_size))
+            losses["loss_mask"] = mask_loss(
+                mask_logits, classes, mask_targets(samples, targets, s.mask_size), s.mask_loss
+            )
+        if self.keypoint_head is not None and self.keypoint_pooler is not None:
+            # Like the mask branch, on the positive RoIs only (torchvision: all classes'
+            # positives; instances without labelled keypoints add nothing to the loss).
+            positive = [r.boxes[r.foreground] for r in samples]
+            heatmaps = self.keypoint_head(self.keypoint_pooler(features, positive))
+            index, valid = keypoint_targets(samples, targets, size=heatmaps.shape[-1],
+                                            num_keypoints=heatmaps.shape[1])
+            losses["loss_keypoint"] = keypoint_loss(heatmaps, index, valid)
         return losses
 
     @torch.no_grad()
@@ -137,7 +159,7 @@ class MaskRCNN(nn.Module):
         """Detections for every image of the batch, in original-image pixels.
 
         ``timings``, when given, receives seconds per stage (``backbone``,
-        ``rpn``, ``box_head``, ``mask_head``, ``paste``).
+        ``rpn``, ``box_head``, ``mask_head``, ``keypoint_head`` with a keypoint head, ``paste``).
         """
         clock = _StageClock(timings, batch.tensor.device)
         s = self.inference
@@ -161,8 +183,16 @@ class MaskRCNN(nn.Module):
         if self.mask_head is not None and self.mask_pooler is not None:
             mask_logits = self.mask_head(self.mask_pooler(features, [d.boxes for d in detections]))
             labels = torch.cat([d.labels for d in detections])
-            mask_probs = list(mask_probabilities(mask_logits, labels).split([len(d) for d in detections]))
+            probs = mask_probabilities(mask_logits, labels, s.mask_loss)
+            mask_probs = list(probs.split([len(d) for d in detections]))
         clock.lap("mask_head")
+        if self.keypoint_head is not None and self.keypoint_pooler is not None:
+            det_boxes = [d.boxes for d in detections]
+            heatmaps = self.keypoint_head(self.keypoint_pooler(features, det_boxes))
+            keypoints = keypoint_heatmaps_to_xy(heatmaps, torch.cat(det_boxes))  # network-input pixels
+            for d, k in zip(detections, keypoints.split([len(d) for d in detections]), strict=True):
+                d.keypoints = k
+            clock.lap("keypoint_head")
         results = [
             self._to_original(d, m, size, original)
             for d, m, size, original in zip(
@@ -175,7 +205,10 @@ class MaskRCNN(nn.Module):
     def _to_original(
         self, det: Detections, mask_probs: Tensor | None, size: tuple[int, int], original: tuple[int, int]
     ) -> Detections:
-        """Map one image's detections from network-input to original pixels and paste its masks."""
+        """Map one image's detections from network-input to original pixels and paste its masks.
+
+        Keypoints scale like the boxes, per axis; their scores are kept.
+        """
         s = self.inference
         boxes = scale_boxes(det.boxes, (original[1] / size[1], original[0] / size[0]))
         if s.clip_to_original:
@@ -187,7 +220,12 @@ class MaskRCNN(nn.Module):
         masks = None
         if mask_probs is not None:
             masks = paste_masks(mask_probs, boxes, original, s.paste_rule, s.mask_threshold)
-        return Detections(boxes, det.scores, det.labels, masks)
+        keypoints = det.keypoints
+        if keypoints is not None:
+            scale = torch.tensor([original[1] / size[1], original[0] / size[0], 1.0],
+                                 dtype=keypoints.dtype, device=keypoints.device)
+            keypoints = keypoints * scale  # (D, P, 3) * (3,): x, y scaled, score kept
+        return Detections(boxes, det.scores, det.labels, masks, keypoints)
 
 
 class _StageClock:

@@ -3,7 +3,9 @@
 A box of ``sqrt(wh) = 224`` pixels reads level 4 (stride 16); each halving of
 its size moves one level finer (FPN paper, Eq. 1). RoIs are grouped by level,
 pooled with RoIAlign (or the ablation's RoIPool / RoIWarp), and put back in
-their original order.
+their original order. ``kind`` picks the paper's ablation alternatives
+(Table 2c): ``roi_pool`` (Fast R-CNN) or ``roi_warp`` (quantised RoI,
+bilinear sampling).
 
 Shapes: features ``[(N, C, H_l, W_l)]`` for P2..P5, boxes ``[(R_i, 4)]`` per
 image -> ``(sum R_i, C, P, P)``.
@@ -14,7 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..config import PoolerKind
 from ..ops.roi_align import roi_align
+from ..ops.roi_pool import roi_pool, roi_warp
 from .anchors import level_of_boxes, level_range
 
 
@@ -31,8 +35,12 @@ class MultiLevelRoIPooler(nn.Module):
         canonical_box_size: float,
         canonical_level: int,
         level_eps: float,
+        kind: PoolerKind = "roi_align",
     ) -> None:
         super().__init__()
+        if kind not in ("roi_align", "roi_pool", "roi_warp"):
+            raise ValueError(f"unknown RoI feature extractor {kind!r}: roi_align, roi_pool or roi_warp")
+        self.kind = kind
         self.strides = strides
         self.resolution = resolution
         self.sampling_ratio = sampling_ratio
@@ -61,7 +69,13 @@ class MultiLevelRoIPooler(nn.Module):
             idx = (levels == level).nonzero(as_tuple=True)[0]
             if idx.numel() == 0:
                 continue
-            pooled = roi_align(feature, rois[idx], self.resolution, 1.0 / stride,
-                               self.sampling_ratio, self.aligned)
+            pooled = self._pool(feature, rois[idx], 1.0 / stride)
             out = out.index_copy(0, idx, pooled)
         return out
+
+    def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        if self.kind == "roi_pool":
+            return roi_pool(feature, rois, self.resolution, scale)
+        if self.kind == "roi_warp":
+            return roi_warp(feature, rois, self.resolution, scale, self.sampling_ratio)
+        return roi_align(feature, rois, self.resolution, scale, self.sampling_ratio, self.aligned)

@@ -8,6 +8,7 @@ state dict runs as it does on a downloaded checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import pickle
@@ -22,8 +23,10 @@ from torch import Tensor
 
 from maskrcnn.config import (
     BackboneConfig,
+    KeypointHeadConfig,
     ModelConfig,
     detectron2_r50_fpn,
+    torchvision_keypoint_r50_fpn,
     torchvision_r50_fpn,
 )
 from maskrcnn.convert import (
@@ -37,6 +40,7 @@ from maskrcnn.convert import (
     torchvision,
 )
 from maskrcnn.engine.checkpoint import save_model
+from maskrcnn.model import build_model
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 TV = "torchvision-maskrcnn-r50-fpn"
@@ -287,12 +291,39 @@ def test_torchvision_custom_classes_and_no_masks(tv_state: dict[str, Tensor], tm
     assert torch.equal(ours["box_head.bbox_pred.weight"], theirs[4:])
 
 
-def test_torchvision_keypoint_checkpoint_is_refused(tmp_path: Path) -> None:
+def test_torchvision_keypoint_checkpoint_converts_and_loads_strictly(tmp_path: Path) -> None:
     path = tmp_path / "keypointrcnn_resnet50_fpn_coco.pth"
-    torchvision.save_state_dict(path, _synthetic(_spec(TV_KEYPOINT), seed=2))
-    with pytest.raises(CheckpointError, match="keypoint checkpoints are not supported yet") as info:
-        load_checkpoint(path)
-    assert str(path) in str(info.value) and info.value.path == path
+    theirs = _synthetic(_spec(TV_KEYPOINT), seed=2)
+    torchvision.save_state_dict(path, theirs)
+    cfg, ours = load_checkpoint(path)
+    assert cfg == torchvision_keypoint_r50_fpn()
+    assert cfg.num_classes == 1 and cfg.class_names == ("person",) and cfg.category_ids == (1,)
+    assert cfg.mask_head is None and cfg.keypoint_head is not None and cfg.keypoint_head.num_keypoints == 17
+    _assert_fits(cfg, ours)
+    # The Sequential's convs at places 0, 2, ..., 14 (ReLUs between them) are our convs 0..7.
+    for i in range(8):
+        theirs_conv = theirs[f"roi_heads.keypoint_head.{2 * i}.weight"]
+        assert torch.equal(ours[f"keypoint_head.convs.{i}.weight"], theirs_conv)
+    assert torch.equal(ours["keypoint_head.predictor.weight"],
+                       theirs["roi_heads.keypoint_predictor.kps_score_lowres.weight"])
+    assert torch.equal(ours["box_head.cls_score.weight"], theirs["roi_heads.box_predictor.cls_score.weight"])
+    # (8, 1024) -> (4, 1024): the background's 4 rows dropped.
+    bbox_pred = theirs["roi_heads.box_predictor.bbox_pred.weight"]
+    assert torch.equal(ours["box_head.bbox_pred.weight"], bbox_pred[4:])
+    with torch.device("meta"):
+        model = build_model(cfg)
+    model.load_state_dict(ours, strict=True, assign=True)
+
+
+def test_keypoint_count_is_read_off_the_predictor() -> None:
+    five = dataclasses.replace(KeypointHeadConfig(), num_keypoints=5, keypoint_names=(), flip_pairs=(),
+                               skeleton=(), conv_dims=(64, 64))
+    shapes = expected_state_shapes(torchvision_keypoint_r50_fpn().replace(keypoint_head=five))
+    assert shapes["keypoint_head.predictor.weight"] == (64, 5, 4, 4)
+    assert infer_config(torchvision_keypoint_r50_fpn(), _fake(shapes)).keypoint_head == five
+    assert infer_config(torchvision_r50_fpn(), _fake(shapes)).keypoint_head == five
+    no_keypoints = expected_state_shapes(torchvision_r50_fpn())
+    assert infer_config(torchvision_keypoint_r50_fpn(), _fake(no_keypoints)).keypoint_head is None
 
 
 def test_torchvision_v2_is_refused() -> None:

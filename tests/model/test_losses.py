@@ -396,3 +396,34 @@ def test_loss_does_not_change_model_state(model: MaskRCNN):
     model.loss(_batch(1), [_box_targets([[8, 8, 40, 40]], [0], seed=1)])
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_softmax_mask_loss_by_hand() -> None:
+    from maskrcnn.model.mask_head import mask_loss
+
+    # One RoI of class 2 (of K = 2), a 1x2 mask: pixel 0 inside, pixel 1 outside.
+    # Channels: background, class 1, class 2.
+    logits = torch.tensor([[[[0.0, 1.0]], [[2.0, 0.0]], [[1.0, -1.0]]]])
+    targets = torch.tensor([[[1, 0]]], dtype=torch.uint8)
+    # Pixel 0 targets class 2 (channel 2); pixel 1 targets background (channel 0).
+    p0 = -math.log(math.exp(1.0) / (math.exp(0.0) + math.exp(2.0) + math.exp(1.0)))
+    p1 = -math.log(math.exp(1.0) / (math.exp(1.0) + math.exp(0.0) + math.exp(-1.0)))
+    loss = mask_loss(logits, torch.tensor([2]), targets, "softmax")
+    assert float(loss) == pytest.approx((p0 + p1) / 2, rel=1e-6)
+
+
+def test_class_agnostic_mask_loss_by_hand() -> None:
+    from maskrcnn.model.mask_head import mask_loss
+
+    logits = torch.tensor([[[[0.5, -1.0]]], [[[2.0, 0.0]]]])  # two RoIs, one mask channel
+    targets = torch.tensor([[[1, 0]], [[0, 1]]], dtype=torch.uint8)
+
+    def bce(z: float, t: int) -> float:
+        p = 1 / (1 + math.exp(-z))
+        return -(t * math.log(p) + (1 - t) * math.log(1 - p))
+
+    expected = (bce(0.5, 1) + bce(-1.0, 0) + bce(2.0, 0) + bce(0.0, 1)) / 4
+    # The class does not matter: one mask serves every class.
+    for classes in ([1, 3], [2, 2]):
+        loss = mask_loss(logits, torch.tensor(classes), targets, "class_agnostic")
+        assert float(loss) == pytest.approx(expected, rel=1e-6)

@@ -1,0 +1,54 @@
+"""Every preset builds, computes its losses and predicts on a small image; parameter counts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from maskrcnn.cli import parameter_count
+from maskrcnn.config import PRESETS, torchvision_r50_fpn
+from maskrcnn.model import build_model
+from maskrcnn.structures import ImageBatch, Targets
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_r50_fpn_has_torchvisions_parameters_less_the_background_rows() -> None:
+    # torchvision's maskrcnn_resnet50_fpn (91 classes) has 44,401,393 parameters; it keeps
+    # box-regression (4 x 1024 + 4) and mask-logit (256 + 1) outputs for the background,
+    # which no loss ever trains and which we do not store.
+    cfg = PRESETS["r50-fpn"].model.replace(num_classes=90)
+    assert parameter_count(cfg) == 44_401_393 - (4 * 1024 + 4) - (256 + 1)
+    assert parameter_count(torchvision_r50_fpn()) == parameter_count(cfg)
+    assert f"{parameter_count(cfg) / 1e6:.1f}M" == "44.4M"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_trains_and_predicts_on_a_small_image(name: str) -> None:
+    preset = PRESETS[name]
+    small = dataclasses.replace(preset.model.input, min_size=64, max_size=96, train_min_sizes=(64,))
+    cfg = preset.model.replace(num_classes=3, class_names=(), category_ids=(), input=small)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    image = torch.randn(1, 3, 64, 96)
+    batch = ImageBatch(image, [(64, 96)], [(64, 96)])
+    masks = torch.zeros(1, 64, 96, dtype=torch.uint8)
+    masks[0, 10:40, 20:70] = 1
+    target = Targets(torch.tensor([[20.0, 10.0, 70.0, 40.0]]), torch.tensor([1]), masks)
+    losses = model.loss(batch, [target])
+    assert set(losses) >= {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    (det,) = model.predict(batch)
+    assert det.boxes.shape[0] == det.scores.shape[0] == det.labels.shape[0]
+    if det.masks is not None:
+        assert det.masks.shape == (len(det), 64, 96)
