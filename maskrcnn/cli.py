@@ -66,7 +66,7 @@ def run_predict(args: argparse.Namespace) -> int:
         detections = predictor.predict_arrays(arrays)
         for name, image, det in zip(names, arrays, detections, strict=True):
             results.extend(to_coco_results(name, det.boxes, det.scores, predictor.category_ids(det),
-                                           det.masks, det.keypoints))
+                                           det.masks, predictor.coco_keypoints(det)))
             if viz_dir is not None:
                 picture = draw_detections(image, det.boxes, det.names, det.scores, det.masks,
                                           det.keypoints, skeleton)
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.set_defaults(func=run_predict)
 
-    e = sub.add_parser("evaluate", help="COCO box and mask AP on an annotated image set")
+    e = sub.add_parser("evaluate", help="COCO box, mask and keypoint AP on an annotated image set")
     e.add_argument("--json", required=True, metavar="FILE", help="COCO annotation file (instances format)")
     e.add_argument("--images", required=True, metavar="DIR",
                    help="directory holding the annotation file's images (by their file_name)")

@@ -137,6 +137,9 @@ class BoxHeadConfig:
     """2-fc box head with class-specific regression, and detection post-processing."""
 
     pooler: PoolerConfig = field(default_factory=PoolerConfig)
+    # Fully connected layers after pooling (FPN: 2); 0 = global average pooling
+    # of the RoI features straight into the predictors (C4, after res5).
+    num_fc: int = 2
     fc_dim: int = 1024
     box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     score_thresh: float = 0.05
@@ -161,6 +164,9 @@ class MaskHeadConfig:
 
     pooler: PoolerConfig = field(default_factory=lambda: PoolerConfig(resolution=14))
     conv_dims: tuple[int, ...] = (256, 256, 256, 256)
+    # Output channels of the 2x deconvolution (None: those of the last conv,
+    # or of the RoI features when there is no conv, as in C4).
+    deconv_dim: int | None = None
     # How a mask is resized to its box and pasted into the image:
     # "torchvision": mask padded by one pixel, bilinear resize to the box rounded
     #   to integers; "detectron2": bilinear sampling at pixel centres of the exact box.
@@ -204,6 +210,11 @@ class KeypointHeadConfig:
     keypoint_names: tuple[str, ...] = COCO_KEYPOINT_NAMES
     flip_pairs: tuple[tuple[int, int], ...] = COCO_KEYPOINT_FLIP_PAIRS
     skeleton: tuple[tuple[int, int], ...] = COCO_SKELETON
+    # The model's keypoints put pixel i's centre at i + pixel_offset; COCO
+    # results use pixel indices, so the offset is taken off when they are
+    # written. 0.5 for models trained here (the datasets add 0.5 to COCO's
+    # indices, as Detectron2 does); 0.0 for torchvision's, trained on raw indices.
+    pixel_offset: float = 0.5
 
     def __post_init__(self) -> None:
         if self.keypoint_names and len(self.keypoint_names) != self.num_keypoints:
@@ -222,6 +233,9 @@ class KeypointHeadConfig:
 class ModelConfig:
     """The whole detector."""
 
+    # "fpn": FPN P2-P6, RoIs pooled from the level their size suits (Figure 4, right);
+    # "c4": ResNet up to res4, RoIs pooled at 14x14 from C4, res5 as the RoI head (Figure 4, left).
+    architecture: Literal["fpn", "c4"] = "fpn"
     num_classes: int = 80  # foreground classes K
     class_names: tuple[str, ...] = ()
     # category_ids[label] is the dataset's id of contiguous label `label`.
@@ -347,7 +361,7 @@ def torchvision_keypoint_r50_fpn() -> ModelConfig:
         category_ids=(1,),
         input=InputConfig(train_min_sizes=(640, 672, 704, 736, 768, 800)),
         mask_head=None,
-        keypoint_head=KeypointHeadConfig(),
+        keypoint_head=KeypointHeadConfig(pixel_offset=0.0),
     )
 
 
@@ -431,6 +445,18 @@ def _fpn_preset(depth: int, groups: int = 1, width: int = 64) -> ModelConfig:
     return ModelConfig(backbone=BackboneConfig(depth=depth, groups=groups, width_per_group=width))
 
 
+def _c4_preset(depth: int) -> ModelConfig:
+    """The paper's C4 model: 14x14 aligned RoIAlign on C4, res5 shared by the box and mask heads."""
+    pooler = PoolerConfig(resolution=14, sampling_ratio=0, aligned=True, canonical_level=4)
+    return ModelConfig(
+        architecture="c4",
+        backbone=BackboneConfig(depth=depth),
+        rpn=RPNConfig(pre_nms_topk_test=6000, pre_nms_topk_train=12000, post_nms_topk_train=2000),
+        box_head=BoxHeadConfig(pooler=pooler, num_fc=0),
+        mask_head=MaskHeadConfig(pooler=pooler, conv_dims=(), deconv_dim=256),
+    )
+
+
 def demo_model() -> ModelConfig:
     """A narrow ResNet-18-FPN with group norm for 128-pixel images: trains from scratch on 2 CPU cores."""
     return ModelConfig(
@@ -448,6 +474,9 @@ def demo_model() -> ModelConfig:
 PRESETS: dict[str, Preset] = {
     "r50-fpn": Preset("ResNet-50-FPN Mask R-CNN, the paper's main model", _fpn_preset(50)),
     "r101-fpn": Preset("ResNet-101-FPN Mask R-CNN", _fpn_preset(101)),
+    "r50-c4": Preset("ResNet-50-C4 Mask R-CNN: res5 as the RoI head (the paper's Figure 4, left)",
+                     _c4_preset(50)),
+    "r101-c4": Preset("ResNet-101-C4 Mask R-CNN", _c4_preset(101)),
     "x101-32x8d-fpn": Preset("ResNeXt-101 32x8d FPN Mask R-CNN", _fpn_preset(101, 32, 8)),
     "x101-64x4d-fpn": Preset("ResNeXt-101 64x4d FPN Mask R-CNN", _fpn_preset(101, 64, 4)),
     "r50-fpn-keypoints": Preset(

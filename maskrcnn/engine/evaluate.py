@@ -1,23 +1,30 @@
-"""COCO evaluation: box and mask AP of a predictor on an annotated image set.
+"""COCO evaluation: box, mask and keypoint AP of a predictor on an annotated image set.
 
 The numbers are pycocotools' own (``COCOeval``, the code behind the COCO
 leaderboard and the tables of the Mask R-CNN paper), so they compare with
 Detectron2's and torchvision's published results: AP averaged over IoU
 thresholds 0.50:0.05:0.95, at most 100 detections per image, objects binned
-by area into small (< 32²), medium and large (> 96²) pixels.
+by area into small (< 32²), medium and large (> 96²) pixels. Keypoint AP is
+COCO's too: object keypoint similarity (OKS) in place of IoU, with COCO's
+per-keypoint constants (so 17 keypoints, COCO's person), at most 20
+detections per image, and no small bin.
 
 Metrics dictionary (what :func:`evaluate` returns and ``maskrcnn evaluate``
 writes as JSON)::
 
     {"bbox": {"AP": 0.379, "AP50": 0.592, "AP75": 0.411, "APs": 0.219, "APm": 0.415, "APl": 0.484},
      "segm": {"AP": 0.346, ...},               # when the model has a mask head
+     "keypoints": {"AP": 0.65, ..., "APs": None, ...},  # when it has a keypoint head
      "images": 5000,                           # images evaluated
      "images_failed": []}                      # file names skipped (unreadable, wrong size)
 
 Values are on pycocotools' 0-1 scale (:func:`format_table` shows them ×100).
 A value is ``None`` (JSON ``null``) where it is undefined: no ground-truth
 instance falls in that area range among the evaluated images (pycocotools
-reports -1 there). The IoU-type entries are the dict-valued keys; the two
+reports -1 there). Keypoint ``APs`` is always ``None``: COCO's keypoint
+evaluation has no small bin (people under 32² pixels carry no keypoints);
+the key is kept so that every IoU type has the same six. The IoU-type
+entries are the dict-valued keys; the two
 ``images`` keys say which images the numbers are over, since AP over a subset
 does not compare with AP over the whole set.
 
@@ -42,25 +49,37 @@ from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 from tqdm import tqdm
 
 from ..data.images import ImageReadError, load_image
 from .predict import Predictor
 from .results import to_coco_results
 
-IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
-"""The kinds of AP this module computes: boxes and instance masks."""
+IOU_TYPES: tuple[str, ...] = ("bbox", "segm", "keypoints")
+"""The kinds of AP this module computes: boxes, instance masks and keypoints (OKS)."""
 
 METRIC_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-"""Names of ``COCOeval.stats[0:6]`` for boxes and masks, in pycocotools' order."""
+"""The metrics of every IoU type; names of ``COCOeval.stats[0:6]`` for boxes and masks."""
+
+# What COCOeval.stats holds first, per IoU type: keypoints have no small bin.
+_STAT_NAMES: dict[str, tuple[str, ...]] = {
+    "bbox": METRIC_NAMES,
+    "segm": METRIC_NAMES,
+    "keypoints": ("AP", "AP50", "AP75", "APm", "APl"),
+}
 
 # The fields COCOeval reads from a result record of each kind. Each kind gets
 # records with only its own fields; see _records_for for why.
 _RESULT_FIELDS: dict[str, tuple[str, ...]] = {
     "bbox": ("image_id", "category_id", "score", "bbox"),
     "segm": ("image_id", "category_id", "score", "segmentation"),
+    "keypoints": ("image_id", "category_id", "score", "keypoints"),
 }
+
+
+# OKS has a constant per keypoint; pycocotools has those of COCO's 17 person keypoints.
+_COCO_KEYPOINTS = len(Params(iouType="keypoints").kpt_oks_sigmas)
 
 
 def load_ground_truth(path: str | os.PathLike[str]) -> COCO:
@@ -93,7 +112,7 @@ def load_ground_truth(path: str | os.PathLike[str]) -> COCO:
 def coco_metrics(
     gt: COCO,
     results: Sequence[dict[str, Any]],
-    iou_types: Sequence[str] = IOU_TYPES,
+    iou_types: Sequence[str] = ("bbox", "segm"),
     *,
     image_ids: Sequence[int] | None = None,
     verbose: bool = False,
@@ -101,16 +120,23 @@ def coco_metrics(
     """Run ``COCOeval`` once per IoU type; ``{iou_type: {"AP": ..., ..., "APl": ...}}`` on the 0-1 scale.
 
     ``results`` are COCO result records (``category_id``, ``score``, ``bbox``
-    XYWH and/or ``segmentation`` RLE) naming their image by ``image_id`` or,
-    as :func:`~maskrcnn.engine.results.to_coco_results` writes them, by the
-    ground truth's ``file_name``. They are not modified. ``image_ids``
-    restricts the evaluation to those images (default: all of ``gt``'s).
-    No results at all give 0.0 wherever there is ground truth. pycocotools'
-    summary is printed to stdout only when ``verbose``.
+    XYWH and/or ``segmentation`` RLE and/or ``keypoints``) naming their image
+    by ``image_id`` or, as :func:`~maskrcnn.engine.results.to_coco_results`
+    writes them, by the ground truth's ``file_name``. They are not modified.
+    ``image_ids`` restricts the evaluation to those images (default: all of
+    ``gt``'s). No results at all give 0.0 wherever there is ground truth.
+    pycocotools' summary is printed to stdout only when ``verbose``.
+
+    ``"keypoints"`` scores ``keypoints`` ``[x1, y1, v1, ...]`` in COCO's pixel
+    indices (17 of them; ``v`` is not read) against the ground-truth
+    categories that list ``keypoints`` names, whose annotations need
+    ``keypoints`` and ``num_keypoints``; other categories are left out of it.
+    ``ValueError`` when there is no such category, or the counts differ.
     """
     for iou_type in iou_types:
         if iou_type not in _RESULT_FIELDS:
             raise ValueError(f"unknown IoU type {iou_type!r}; expected some of {IOU_TYPES}")
+    keypoint_categories = keypoint_category_ids(gt) if "keypoints" in iou_types else []
     ids = _image_ids_of(gt, results)
     unknown_categories = {int(r["category_id"]) for r in results} - set(gt.getCatIds())
     if unknown_categories:
@@ -130,17 +156,46 @@ def coco_metrics(
             evaluator = COCOeval(gt, detections, iou_type)
             if image_ids is not None:
                 evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+            if iou_type == "keypoints":
+                evaluator.params.catIds = keypoint_categories
             evaluator.evaluate()
             evaluator.accumulate()
             if verbose:
                 print(f"--- {iou_type} ---")
             evaluator.summarize()
         # pycocotools writes -1 for "no ground truth in this range": undefined, not zero.
+        names = _STAT_NAMES[iou_type]
+        stats = dict(zip(names, evaluator.stats[: len(names)], strict=True))
         metrics[iou_type] = {
-            name: (None if value < 0 else float(value))
-            for name, value in zip(METRIC_NAMES, evaluator.stats[: len(METRIC_NAMES)], strict=True)
+            name: (None if name not in stats or stats[name] < 0 else float(stats[name]))
+            for name in METRIC_NAMES
         }
     return metrics
+
+
+def keypoint_category_ids(gt: COCO) -> list[int]:
+    """The ids of ``gt``'s categories with keypoints, checked for COCOeval's keypoint evaluation.
+
+    Raises ``ValueError`` when no category lists ``keypoints`` names, when
+    one lists another number than COCO's 17 (OKS needs a constant per
+    keypoint; pycocotools has COCO's), or when an annotation of one lacks
+    ``keypoints`` or ``num_keypoints``.
+    """
+    categories = [c for c in gt.dataset["categories"] if c.get("keypoints")]
+    if not categories:
+        raise ValueError("keypoint evaluation: no ground-truth category lists keypoints")
+    for category in categories:
+        if len(category["keypoints"]) != _COCO_KEYPOINTS:
+            raise ValueError(
+                f"keypoint evaluation: category {category['id']} has {len(category['keypoints'])} keypoints; "
+                f"COCO's keypoint AP is defined for its {_COCO_KEYPOINTS}"
+            )
+    ids = sorted(int(c["id"]) for c in categories)
+    for ann in gt.loadAnns(gt.getAnnIds(catIds=ids)):
+        missing = [key for key in ("keypoints", "num_keypoints") if key not in ann]
+        if missing:
+            raise ValueError(f"keypoint evaluation: annotation {ann.get('id')} has no {' or '.join(missing)}")
+    return ids
 
 
 def evaluate(
@@ -161,12 +216,17 @@ def evaluate(
     at a time. An image that cannot be read, or whose size differs from the
     annotation's ``height``/``width`` (its masks would not line up), is
     reported on stderr by name and left out. ``iou_types`` defaults to
-    ``("bbox", "segm")``, or ``("bbox",)`` for a model without a mask head.
+    ``"bbox"``, ``"segm"`` when the model has a mask head and ``"keypoints"``
+    when it has a keypoint head and the ground truth has keypoints (with a
+    warning when it has none); ``"keypoints"`` asked for explicitly on such a
+    ground truth is a ``ValueError``, before anything is predicted.
 
     Returns ``(metrics, results)``: the metrics dictionary of the module
     docstring, and the detections as COCO result records (``image_id``,
     ``file_name``, ``category_id`` from the predictor's config, ``bbox``
-    XYWH in the image's pixels, ``score``, ``segmentation`` RLE).
+    XYWH in the image's pixels, ``score``, ``segmentation`` RLE, and
+    ``keypoints`` ``[x, y, score] * P`` in COCO's pixel indices: the model's
+    coordinates less its ``keypoint_head.pixel_offset``, see ``Predictor.coco_keypoints``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -176,8 +236,19 @@ def evaluate(
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"no such image directory: {image_dir}")
+    has_keypoints = predictor.config.keypoint_head is not None
     if iou_types is None:
-        iou_types = IOU_TYPES if predictor.config.mask_head is not None else ("bbox",)
+        iou_types = ["bbox"] + ["segm"] * (predictor.config.mask_head is not None)
+        if has_keypoints:
+            try:
+                keypoint_category_ids(gt)
+                iou_types.append("keypoints")
+            except ValueError as exc:
+                warnings.warn(f"keypoint AP is not computed: {exc}", stacklevel=2)
+    elif "keypoints" in iou_types:
+        if not has_keypoints:
+            raise ValueError("keypoint evaluation of a model without a keypoint head")
+        keypoint_category_ids(gt)
 
     entries = gt.dataset["images"][:max_images]
     results: list[dict[str, Any]] = []
@@ -188,8 +259,9 @@ def evaluate(
     def flush() -> None:
         detections = predictor.predict_arrays([array for _, array in pending])
         for (entry, _), det in zip(pending, detections, strict=True):
+            keypoints = predictor.coco_keypoints(det)
             records = to_coco_results(entry["file_name"], det.boxes, det.scores,
-                                      predictor.category_ids(det), det.masks)
+                                      predictor.category_ids(det), det.masks, keypoints)
             results.extend({"image_id": entry["id"], **record} for record in records)
             evaluated.append(entry["id"])
         bar.update(len(pending))
@@ -296,6 +368,11 @@ def _records_for(iou_type: str, results: Sequence[dict[str, Any]], ids: list[int
         missing = [key for key in fields[1:] if key not in record]
         if missing:
             raise ValueError(f"{iou_type} evaluation needs {' and '.join(missing)} in every result record")
+        if iou_type == "keypoints" and len(record["keypoints"]) != 3 * _COCO_KEYPOINTS:
+            raise ValueError(
+                f"keypoint evaluation needs {3 * _COCO_KEYPOINTS} numbers (x, y, v for {_COCO_KEYPOINTS} "
+                f"keypoints) per result, got {len(record['keypoints'])}"
+            )
         records.append({"image_id": image_id, **{key: record[key] for key in fields[1:]}})
     return records
 

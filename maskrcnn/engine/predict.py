@@ -56,6 +56,15 @@ class Predictor:
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
 
+    def coco_keypoints(self, detections: Detections) -> np.ndarray | None:
+        """``(D, K, 3)`` keypoints as COCO results have them: pixel indices, then the score."""
+        head = self.config.keypoint_head
+        if detections.keypoints is None or head is None:
+            return None
+        keypoints = detections.keypoints.detach().cpu().numpy().astype(np.float64)
+        keypoints[..., :2] -= head.pixel_offset
+        return keypoints
+
     def category_ids(self, detections: Detections) -> list[int]:
         """The dataset's category id of each detection (COCO ids for COCO checkpoints)."""
         return [self.config.category_id(int(label)) for label in detections.labels]

@@ -1,4 +1,4 @@
-"""Anchors: one size per FPN level, several aspect ratios, at every feature location.
+"""Anchors: sizes per feature level (one per FPN level, all five for C4), several aspect ratios.
 
 A cell anchor of size ``s`` and aspect ratio ``a = h / w`` has area ``s^2``:
 ``w = s / sqrt(a)``, ``h = s * sqrt(a)``, centred on 0. It is placed at
@@ -36,7 +36,7 @@ class AnchorGenerator(nn.Module):
     def __init__(
         self,
         *,
-        sizes: tuple[float, ...],
+        sizes: tuple[tuple[float, ...], ...],
         aspect_ratios: tuple[float, ...],
         strides: tuple[int, ...],
         round_to_int: bool,
@@ -47,8 +47,14 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"{len(sizes)} anchor sizes for {len(strides)} feature levels")
         self.strides = strides
         self.offset = offset
-        self.num_anchors = len(aspect_ratios)
-        self.cells = [cell_anchors(s, aspect_ratios, round_to_int) for s in sizes]
+        counts = {len(level) for level in sizes}
+        if len(counts) != 1:
+            raise ValueError(f"every level needs as many anchor sizes; got {sizes}")
+        self.num_anchors = counts.pop() * len(aspect_ratios)
+        # Size-major, then aspect ratio, at each location.
+        self.cells = [
+            torch.cat([cell_anchors(s, aspect_ratios, round_to_int) for s in level]) for level in sizes
+        ]
 
     def forward(self, feature_shapes: list[tuple[int, int]], device: torch.device) -> list[Tensor]:
         anchors = []

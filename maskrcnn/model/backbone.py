@@ -144,11 +144,62 @@ class Bottleneck(nn.Module):
         return residual_relu(conv_bn(out, self.conv3, self.bn3), x, self.downsample)
 
 
+def stage_channels(stage: int, depth: int, base_channels: int) -> int:
+    """Output channels of stage ``stage`` (0 = res2)."""
+    expansion = 1 if depth in BASIC_DEPTHS else 4
+    return expansion * base_channels * 2**stage
+
+
+def resnet_stage(
+    stage: int,
+    in_channels: int,
+    *,
+    depth: int,
+    groups: int = 1,
+    width_per_group: int = 64,
+    stride_in_1x1: bool = False,
+    norm: NormKind = "frozen_bn",
+    eps: float = 1e-5,
+    base_channels: int = 64,
+) -> nn.Sequential:
+    """Stage ``stage`` (0 = res2 ... 3 = res5) of a ResNet: its blocks, the first one subsampling."""
+    blocks = BLOCKS_PER_STAGE[depth][stage]
+    stride = 2 if stage > 0 else 1
+    out_channels = stage_channels(stage, depth, base_channels)
+    if depth in BASIC_DEPTHS:
+        return nn.Sequential(*(
+            BasicBlock(in_channels=in_channels if i == 0 else out_channels, out_channels=out_channels,
+                       stride=stride if i == 0 else 1, norm=norm, eps=eps)
+            for i in range(blocks)
+        ))
+    return nn.Sequential(*(
+        Bottleneck(
+            in_channels=in_channels if i == 0 else out_channels,
+            width=groups * width_per_group * 2**stage,
+            out_channels=out_channels,
+            stride=stride if i == 0 else 1,
+            groups=groups,
+            stride_in_1x1=stride_in_1x1,
+            norm=norm,
+            eps=eps,
+        )
+        for i in range(blocks)
+    ))
+
+
+def init_convs(module: nn.Module) -> None:
+    """He initialisation (fan out) of every convolution, as for ResNets trained from scratch."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class ResNet(nn.Module):
     """ResNet / ResNeXt body returning C2..C5.
 
     ``base_channels`` is the stem's width (64 in the published networks);
     bottleneck stages output ``4 * base * 2^i`` channels, basic ones ``base * 2^i``.
+    ``num_stages=3`` stops after res4, for the C4 detector whose RoI head runs res5.
     """
 
     def __init__(
@@ -162,6 +213,7 @@ class ResNet(nn.Module):
         eps: float = 1e-5,
         freeze_at: int = 2,
         base_channels: int = 64,
+        num_stages: int = 4,
     ) -> None:
         super().__init__()
         if depth not in BLOCKS_PER_STAGE:
@@ -170,37 +222,16 @@ class ResNet(nn.Module):
         self.bn1 = make_norm(norm, base_channels, eps)
         in_channels = base_channels
         self.out_channels: list[int] = []
-        for stage, blocks in enumerate(BLOCKS_PER_STAGE[depth]):
-            stride = 2 if stage > 0 else 1
-            if depth in BASIC_DEPTHS:
-                out_channels = base_channels * 2**stage
-                blocks_list: list[nn.Module] = [
-                    BasicBlock(in_channels=in_channels if i == 0 else out_channels, out_channels=out_channels,
-                               stride=stride if i == 0 else 1, norm=norm, eps=eps)
-                    for i in range(blocks)
-                ]
-            else:
-                out_channels = 4 * base_channels * 2**stage
-                blocks_list = [
-                    Bottleneck(
-                        in_channels=in_channels if i == 0 else out_channels,
-                        width=groups * width_per_group * 2**stage,
-                        out_channels=out_channels,
-                        stride=stride if i == 0 else 1,
-                        groups=groups,
-                        stride_in_1x1=stride_in_1x1,
-                        norm=norm,
-                        eps=eps,
-                    )
-                    for i in range(blocks)
-                ]
-            layer = nn.Sequential(*blocks_list)
+        self.num_stages = num_stages
+        for stage in range(num_stages):
+            layer = resnet_stage(
+                stage, in_channels, depth=depth, groups=groups, width_per_group=width_per_group,
+                stride_in_1x1=stride_in_1x1, norm=norm, eps=eps, base_channels=base_channels,
+            )
             self.add_module(f"layer{stage + 1}", layer)
-            self.out_channels.append(out_channels)
-            in_channels = out_channels
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            in_channels = stage_channels(stage, depth, base_channels)
+            self.out_channels.append(in_channels)
+        init_convs(self)
         self.freeze(freeze_at)
 
     def freeze(self, freeze_at: int) -> None:
@@ -215,7 +246,7 @@ class ResNet(nn.Module):
         x = torch.relu_(conv_bn(x, self.conv1, self.bn1))
         x = nn.functional.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         features = []
-        for name in ("layer1", "layer2", "layer3", "layer4"):
-            x = getattr(self, name)(x)
+        for stage in range(self.num_stages):
+            x = getattr(self, f"layer{stage + 1}")(x)
             features.append(x)
         return features

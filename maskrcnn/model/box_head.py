@@ -30,15 +30,26 @@ from .rpn import box_regression_loss
 
 
 class BoxHead(nn.Module):
-    """``flatten -> fc1 -> ReLU -> fc2 -> ReLU -> (cls_score, bbox_pred)``."""
+    """``flatten -> fc1 -> ReLU -> fc2 -> ReLU -> (cls_score, bbox_pred)``.
 
-    def __init__(self, *, in_channels: int, resolution: int, fc_dim: int, num_classes: int) -> None:
+    With ``num_fc=0`` (C4, after res5) the RoI features are averaged over
+    space and go straight to the predictors.
+    """
+
+    def __init__(
+        self, *, in_channels: int, resolution: int, fc_dim: int, num_classes: int, num_fc: int = 2
+    ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_channels * resolution * resolution, fc_dim)
-        self.fc2 = nn.Linear(fc_dim, fc_dim)
-        self.cls_score = nn.Linear(fc_dim, num_classes + 1)
-        self.bbox_pred = nn.Linear(fc_dim, 4 * num_classes)
-        for fc in (self.fc1, self.fc2):
+        if num_fc not in (0, 2):
+            raise ValueError(f"the box head has 2 fully connected layers or none, not {num_fc}")
+        self.num_fc = num_fc
+        out = fc_dim if num_fc else in_channels
+        if num_fc:
+            self.fc1 = nn.Linear(in_channels * resolution * resolution, fc_dim)
+            self.fc2 = nn.Linear(fc_dim, fc_dim)
+        self.cls_score = nn.Linear(out, num_classes + 1)
+        self.bbox_pred = nn.Linear(out, 4 * num_classes)
+        for fc in (self.fc1, self.fc2) if num_fc else ():
             nn.init.kaiming_uniform_(fc.weight, a=1)
             nn.init.zeros_(fc.bias)
         # Small initial outputs: near-uniform class scores and near-zero deltas.
@@ -48,8 +59,11 @@ class BoxHead(nn.Module):
         nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = torch.relu_(self.fc1(x.flatten(1)))
-        x = torch.relu_(self.fc2(x))
+        if self.num_fc:
+            x = torch.relu_(self.fc1(x.flatten(1)))
+            x = torch.relu_(self.fc2(x))
+        else:
+            x = x.mean(dim=(2, 3))
         return self.cls_score(x), self.bbox_pred(x)
 
 

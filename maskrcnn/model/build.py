@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from ..config import ModelConfig, PoolerConfig
 from ..ops.boxes import BoxCoder
 from .anchors import AnchorGenerator
-from .backbone import ResNet
+from .backbone import ResNet, init_convs, resnet_stage, stage_channels
 from .box_head import BoxHead
-from .fpn import FPN, BackboneWithFPN
+from .fpn import FPN, BackboneC4, BackboneWithFPN
 from .keypoint_head import KeypointHead
 from .mask_head import MaskHead, mask_channels
 from .mask_rcnn import InferenceSettings, MaskRCNN, TrainingSettings
@@ -30,19 +32,34 @@ def build_pooler(cfg: PoolerConfig, strides: tuple[int, ...]) -> MultiLevelRoIPo
 
 def build_model(cfg: ModelConfig) -> MaskRCNN:
     b = cfg.backbone
+    c4 = cfg.architecture == "c4"
     body = ResNet(
         depth=b.depth, groups=b.groups, width_per_group=b.width_per_group,
         stride_in_1x1=b.stride_in_1x1, norm=b.norm, eps=b.norm_eps, freeze_at=b.freeze_at,
-        base_channels=b.base_channels,
+        base_channels=b.base_channels, num_stages=3 if c4 else 4,
     )
-    channels = cfg.fpn.out_channels
-    backbone = BackboneWithFPN(
-        body=body,
-        fpn=FPN(in_channels=body.out_channels, out_channels=channels),
-        strides=cfg.fpn.strides,
-    )
+    roi_shared = None
+    if c4:
+        # C4: one feature map of stride 16 with all anchor sizes; res5 runs on each RoI.
+        strides: tuple[int, ...] = (16,)
+        backbone: nn.Module = BackboneC4(body=body)
+        anchor_sizes: tuple[tuple[float, ...], ...] = (tuple(cfg.anchors.sizes),)
+        channels = body.out_channels[-1]
+        roi_shared = resnet_stage(
+            3, channels, depth=b.depth, groups=b.groups, width_per_group=b.width_per_group,
+            stride_in_1x1=b.stride_in_1x1, norm=b.norm, eps=b.norm_eps, base_channels=b.base_channels,
+        )
+        init_convs(roi_shared)
+        roi_channels = stage_channels(3, b.depth, b.base_channels)
+    else:
+        strides = cfg.fpn.strides
+        channels = roi_channels = cfg.fpn.out_channels
+        backbone = BackboneWithFPN(
+            body=body, fpn=FPN(in_channels=body.out_channels, out_channels=channels), strides=strides
+        )
+        anchor_sizes = tuple((s,) for s in cfg.anchors.sizes)
     anchors = AnchorGenerator(
-        sizes=cfg.anchors.sizes, aspect_ratios=cfg.anchors.aspect_ratios, strides=cfg.fpn.strides,
+        sizes=anchor_sizes, aspect_ratios=cfg.anchors.aspect_ratios, strides=strides,
         round_to_int=cfg.anchors.round_to_int, offset=cfg.anchors.offset,
     )
     rpn = RPN(
@@ -55,20 +72,21 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
     )
     bh = cfg.box_head
     box_head = BoxHead(
-        in_channels=channels, resolution=bh.pooler.resolution, fc_dim=bh.fc_dim, num_classes=cfg.num_classes
+        in_channels=roi_channels, resolution=bh.pooler.resolution, fc_dim=bh.fc_dim,
+        num_classes=cfg.num_classes, num_fc=bh.num_fc,
     )
     mh = cfg.mask_head
     mask_head = None
     mask_pooler = None
     if mh is not None:
-        mask_pooler = build_pooler(mh.pooler, cfg.fpn.strides)
-        mask_head = MaskHead(in_channels=channels, conv_dims=mh.conv_dims,
+        mask_pooler = build_pooler(mh.pooler, strides)
+        mask_head = MaskHead(in_channels=roi_channels, conv_dims=mh.conv_dims, deconv_dim=mh.deconv_dim,
                              num_masks=mask_channels(mh.loss, cfg.num_classes))
     kh = cfg.keypoint_head
     keypoint_head = None
     keypoint_pooler = None
     if kh is not None:
-        keypoint_pooler = build_pooler(kh.pooler, cfg.fpn.strides)
+        keypoint_pooler = build_pooler(kh.pooler, strides)
         keypoint_head = KeypointHead(in_channels=channels, conv_dims=kh.conv_dims,
                                      num_keypoints=kh.num_keypoints)
     inference = InferenceSettings(
@@ -101,14 +119,16 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
         roi_positive_fraction=bh.positive_fraction,
         roi_smooth_l1_beta=bh.smooth_l1_beta,
         roi_crowd_ioa_thresh=bh.crowd_ioa_thresh,
-        mask_size=2 * mh.pooler.resolution if mh is not None else 0,
+        # The deconv doubles the RoI map: 14 -> 28 with FPN; C4's res5 first halves it (14 -> 7 -> 14).
+        mask_size=(mh.pooler.resolution if c4 else 2 * mh.pooler.resolution) if mh is not None else 0,
         mask_loss=mh.loss if mh is not None else "sigmoid",
     )
     return MaskRCNN(
         training=training,
         backbone=backbone,
         rpn=rpn,
-        box_pooler=build_pooler(bh.pooler, cfg.fpn.strides),
+        box_pooler=build_pooler(bh.pooler, strides),
+        roi_shared=roi_shared,
         box_head=box_head,
         mask_pooler=mask_pooler,
         mask_head=mask_head,

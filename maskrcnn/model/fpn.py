@@ -54,3 +54,16 @@ class BackboneWithFPN(nn.Module):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         return self.fpn(self.body(images))
+
+
+class BackboneC4(nn.Module):
+    """ResNet up to res4 for the C4 detector: image tensor -> [C4] (stride 16)."""
+
+    def __init__(self, *, body: ResNet) -> None:
+        super().__init__()
+        self.body = body
+        self.strides = (16,)
+        self.out_channels = body.out_channels[-1]
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return [self.body(images)[-1]]

@@ -23,14 +23,17 @@ from ..structures import RoISamples, Targets
 class MaskHead(nn.Module):
     """``4 x (conv3x3, ReLU) -> deconv 2x2/2, ReLU -> conv1x1 to K masks``."""
 
-    def __init__(self, *, in_channels: int, conv_dims: tuple[int, ...], num_masks: int) -> None:
+    def __init__(
+        self, *, in_channels: int, conv_dims: tuple[int, ...], num_masks: int, deconv_dim: int | None = None
+    ) -> None:
         super().__init__()
         dims = (in_channels, *conv_dims)
         self.convs = nn.ModuleList(
             nn.Conv2d(a, b, 3, padding=1) for a, b in zip(dims[:-1], dims[1:], strict=True)
         )
-        self.deconv = nn.ConvTranspose2d(dims[-1], dims[-1], 2, stride=2)
-        self.predictor = nn.Conv2d(dims[-1], num_masks, 1)
+        up = deconv_dim or dims[-1]
+        self.deconv = nn.ConvTranspose2d(dims[-1], up, 2, stride=2)
+        self.predictor = nn.Conv2d(up, num_masks, 1)
         for conv in [*self.convs, self.deconv]:
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)

@@ -26,7 +26,6 @@ from ..ops.boxes import BoxCoder, clip_boxes, large_enough, scale_boxes
 from ..ops.masks import paste_masks
 from ..structures import Detections, ImageBatch, Targets
 from .box_head import BoxHead, box_head_loss, detect_boxes, sample_rois
-from .fpn import BackboneWithFPN
 from .keypoint_head import KeypointHead, keypoint_heatmaps_to_xy, keypoint_loss, keypoint_targets
 from .mask_head import MaskHead, mask_loss, mask_probabilities, mask_targets
 from .poolers import MultiLevelRoIPooler
@@ -75,12 +74,16 @@ class InferenceSettings:
 
 
 class MaskRCNN(nn.Module):
-    """Backbone with FPN, RPN, box head and (optionally) mask and keypoint heads."""
+    """Backbone (FPN or C4), RPN, box head and (optionally) mask and keypoint heads.
+
+    ``roi_shared`` runs on every RoI's pooled features before the box and mask
+    heads: res5 in the C4 architecture, nothing with FPN.
+    """
 
     def __init__(
         self,
         *,
-        backbone: BackboneWithFPN,
+        backbone: nn.Module,
         rpn: RPN,
         box_pooler: MultiLevelRoIPooler,
         box_head: BoxHead,
@@ -90,10 +93,12 @@ class MaskRCNN(nn.Module):
         training: TrainingSettings,
         keypoint_pooler: MultiLevelRoIPooler | None = None,
         keypoint_head: KeypointHead | None = None,
+        roi_shared: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.rpn = rpn
+        self.roi_shared = roi_shared
         self.box_pooler = box_pooler
         self.box_head = box_head
         self.mask_pooler = mask_pooler
@@ -102,6 +107,13 @@ class MaskRCNN(nn.Module):
         self.keypoint_head = keypoint_head
         self.inference = inference
         self.training_settings = training
+
+    def _roi_features(
+        self, pooler: MultiLevelRoIPooler, features: list[Tensor], boxes: list[Tensor]
+    ) -> Tensor:
+        """Pooled RoI features, through the shared RoI stage (C4's res5) when there is one."""
+        x = pooler(features, boxes)
+        return x if self.roi_shared is None else self.roi_shared(x)
 
     def forward(self, batch: ImageBatch, targets: list[Targets]) -> dict[str, Tensor]:
         """Training losses; ``forward`` so that ``DistributedDataParallel`` can wrap the model."""
@@ -134,12 +146,14 @@ class MaskRCNN(nn.Module):
             batch_size_per_image=s.roi_batch_size_per_image, positive_fraction=s.roi_positive_fraction,
             crowd_ioa_thresh=s.roi_crowd_ioa_thresh,
         )
-        class_logits, box_deltas = self.box_head(self.box_pooler(features, [r.boxes for r in samples]))
+        class_logits, box_deltas = self.box_head(
+            self._roi_features(self.box_pooler, features, [r.boxes for r in samples])
+        )
         losses |= box_head_loss(class_logits, box_deltas, samples, smooth_l1_beta=s.roi_smooth_l1_beta)
         if self.mask_head is not None and self.mask_pooler is not None:
             # The mask branch sees only the positive RoIs (Section 3.1).
             positive = [r.boxes[r.foreground] for r in samples]
-            mask_logits = self.mask_head(self.mask_pooler(features, positive))
+            mask_logits = self.mask_head(self._roi_features(self.mask_pooler, features, positive))
             classes = torch.cat([r.classes[r.foreground] for r in samples])
             losses["loss_mask"] = mask_loss(
                 mask_logits, classes, mask_targets(samples, targets, s.mask_size), s.mask_loss
@@ -172,7 +186,7 @@ class MaskRCNN(nn.Module):
         )
         clock.lap("rpn")
         boxes = [p.boxes for p in proposals]
-        class_logits, box_deltas = self.box_head(self.box_pooler(features, boxes))
+        class_logits, box_deltas = self.box_head(self._roi_features(self.box_pooler, features, boxes))
         detections = detect_boxes(
             class_logits, box_deltas, boxes, batch.image_sizes,
             box_coder=s.box_coder, score_thresh=s.score_thresh, nms_thresh=s.nms_thresh,
@@ -181,7 +195,9 @@ class MaskRCNN(nn.Module):
         clock.lap("box_head")
         mask_probs: list[Tensor | None] = [None] * len(detections)
         if self.mask_head is not None and self.mask_pooler is not None:
-            mask_logits = self.mask_head(self.mask_pooler(features, [d.boxes for d in detections]))
+            mask_logits = self.mask_head(
+                self._roi_features(self.mask_pooler, features, [d.boxes for d in detections])
+            )
             labels = torch.cat([d.labels for d in detections])
             probs = mask_probabilities(mask_logits, labels, s.mask_loss)
             mask_probs = list(probs.split([len(d) for d in detections]))

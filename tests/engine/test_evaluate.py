@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +17,13 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from maskrcnn.cli import main
-from maskrcnn.config import MaskHeadConfig
+from maskrcnn.config import (
+    COCO_KEYPOINT_NAMES,
+    COCO_SKELETON,
+    KeypointHeadConfig,
+    MaskHeadConfig,
+    torchvision_keypoint_r50_fpn,
+)
 from maskrcnn.engine.evaluate import (
     METRIC_NAMES,
     coco_metrics,
@@ -27,7 +34,7 @@ from maskrcnn.engine.evaluate import (
 from maskrcnn.engine.predict import Predictor, load
 from maskrcnn.structures import Detections
 
-from ..helpers import write_small_checkpoint
+from ..helpers import with_input, write_small_checkpoint
 
 # pycocotools' annToMask (used here to build perfect results) trips a numpy 2 deprecation.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -171,8 +178,8 @@ def test_unknown_category_warns(gt: COCO) -> None:
 
 
 def test_unknown_iou_type_is_refused(gt: COCO) -> None:
-    with pytest.raises(ValueError, match="keypoints"):
-        coco_metrics(gt, [], ("keypoints",))
+    with pytest.raises(ValueError, match="captions"):
+        coco_metrics(gt, [], ("captions",))
 
 
 def test_ground_truth_file_errors(tmp_path: Path) -> None:
@@ -249,9 +256,11 @@ class _Oracle:
 
     def __init__(self, gt: COCO) -> None:
         self.gt = gt
-        self.config = SimpleNamespace(mask_head=MaskHeadConfig())
+        self.config = SimpleNamespace(mask_head=MaskHeadConfig(), keypoint_head=None)
         self.categories = sorted(gt.getCatIds())  # contiguous label -> category id
         self.queue = [image["id"] for image in gt.dataset["images"]]
+
+    coco_keypoints = Predictor.coco_keypoints
 
     def category_ids(self, detections: Detections) -> list[int]:
         return [self.categories[label] for label in detections.labels.tolist()]
@@ -361,3 +370,241 @@ def test_cli_evaluate_errors(weights: Path, dataset: tuple[Path, Path], tmp_path
         main([*base, "--json", str(json_path), "--images", str(images),
               "--weights", str(tmp_path / "nothing.safetensors")])
     assert not (tmp_path / "m.json").exists()
+
+
+# --- keypoint AP (OKS) -----------------------------------------------------------------------------
+
+PERSON = 1
+# Boxes (x, y, w, h) of people in 200x160 images, with the keypoints COCO leaves unlabelled (v = 0).
+PEOPLE: dict[int, list[tuple[tuple[int, int, int, int], tuple[int, ...]]]] = {
+    5: [((20, 10, 120, 140), ()), ((150, 20, 40, 70), (0, 1, 2, 3, 4))],  # large, medium
+    9: [((30, 30, 50, 60), (15, 16)), ((120, 60, 60, 80), tuple(range(17)))],  # medium; no keypoints: ignored
+}
+
+
+def _keypoint_dataset(size: tuple[int, int] = (200, 160)) -> dict[str, Any]:
+    """Two images of people with COCO's 17 keypoints, and a dog (a category without keypoints)."""
+    width, height = size
+    rng = np.random.default_rng(1)
+    images, annotations = [], []
+    for image_id, people in PEOPLE.items():
+        name = f"person{image_id}.png"
+        images.append({"id": image_id, "file_name": name, "height": height, "width": width})
+        for (x, y, w, h), unlabelled in people:
+            keypoints: list[int] = []
+            for k in range(17):
+                if k in unlabelled:
+                    keypoints += [0, 0, 0]
+                else:
+                    keypoints += [int(x + rng.integers(0, w)), int(y + rng.integers(0, h)), 2]
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": PERSON, "iscrowd": 0,
+                "bbox": [x, y, w, h], "area": 0.7 * w * h,
+                "keypoints": keypoints, "num_keypoints": 17 - len(unlabelled),
+            })
+    annotations.append({"id": len(annotations) + 1, "image_id": 9, "category_id": 3, "iscrowd": 0,
+                        "bbox": [5, 100, 40, 30], "area": 1000.0})
+    return {
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": PERSON, "name": "person", "supercategory": "person",
+             "keypoints": list(COCO_KEYPOINT_NAMES),
+             "skeleton": [[a + 1, b + 1] for a, b in COCO_SKELETON]},  # 1-based in COCO's files
+            {"id": 3, "name": "dog"},
+        ],
+    }
+
+
+@pytest.fixture
+def keypoint_gt(tmp_path: Path) -> COCO:
+    path = tmp_path / "person_keypoints.json"
+    path.write_text(json.dumps(_keypoint_dataset()))
+    return load_ground_truth(path)
+
+
+def _keypoint_results(gt: COCO) -> list[dict[str, Any]]:
+    """Every person with labelled keypoints as a detection with score 1.0 and its own keypoints."""
+    return [
+        {"image_id": ann["image_id"], "category_id": PERSON, "score": 1.0,
+         "keypoints": list(ann["keypoints"])}
+        for ann in gt.dataset["annotations"]
+        if ann["category_id"] == PERSON and ann["num_keypoints"] > 0
+    ]
+
+
+def test_keypoints_fed_back_score_one(keypoint_gt: COCO) -> None:
+    results = _keypoint_results(keypoint_gt)
+    before = copy.deepcopy(results)
+    metrics = coco_metrics(keypoint_gt, results, ("keypoints",))
+    assert set(metrics) == {"keypoints"}
+    assert set(metrics["keypoints"]) == set(METRIC_NAMES)
+    assert metrics["keypoints"]["APs"] is None, "COCO's keypoint evaluation has no small bin"
+    assert all(metrics["keypoints"][name] == pytest.approx(1.0) for name in METRIC_NAMES if name != "APs")
+    assert results == before
+    assert format_table(metrics).splitlines()[1].split() == ["keypoints", "100.0", "100.0", "100.0", "-",
+                                                             "100.0", "100.0"]
+
+
+def test_keypoints_moved_away_score_near_zero(keypoint_gt: COCO) -> None:
+    results = _keypoint_results(keypoint_gt)
+    for record in results:
+        record["keypoints"][0::3] = [x + 500.0 for x in record["keypoints"][0::3]]
+    metrics = coco_metrics(keypoint_gt, results, ("keypoints",), image_ids=[5, 9])
+    assert metrics["keypoints"]["AP"] == pytest.approx(0.0)
+    assert metrics["keypoints"]["AP"] < 0.1 and metrics["keypoints"]["AP50"] < 0.1
+
+
+def test_keypoints_a_few_pixels_off_lower_ap(keypoint_gt: COCO) -> None:
+    results = _keypoint_results(keypoint_gt)
+    for record in results:
+        record["keypoints"][1::3] = [y + 4.0 for y in record["keypoints"][1::3]]
+    ap = coco_metrics(keypoint_gt, results, ("keypoints",))["keypoints"]
+    assert 0.0 < ap["AP"] < 1.0 and ap["AP50"] == pytest.approx(1.0)
+
+
+def test_keypoint_evaluation_errors(gt: COCO, keypoint_gt: COCO) -> None:
+    with pytest.raises(ValueError, match="no ground-truth category lists keypoints"):
+        coco_metrics(gt, [], ("keypoints",))
+    record = _keypoint_results(keypoint_gt)[0]
+    with pytest.raises(ValueError, match="51 numbers"):
+        coco_metrics(keypoint_gt, [{**record, "keypoints": record["keypoints"][:-3]}], ("keypoints",))
+    with pytest.raises(ValueError, match="needs keypoints"):
+        coco_metrics(keypoint_gt, [{k: v for k, v in record.items() if k != "keypoints"}], ("keypoints",))
+    data = _keypoint_dataset()
+    data["categories"][0]["keypoints"] = data["categories"][0]["keypoints"][:5]
+    five = COCO()
+    five.dataset = data
+    five.createIndex()
+    with pytest.raises(ValueError, match="category 1 has 5 keypoints"):
+        coco_metrics(five, [], ("keypoints",))
+    data = _keypoint_dataset()
+    del data["annotations"][1]["num_keypoints"]
+    partial = COCO()
+    partial.dataset = data
+    partial.createIndex()
+    with pytest.raises(ValueError, match="annotation 2 has no num_keypoints"):
+        coco_metrics(partial, [], ("keypoints",))
+
+
+@pytest.fixture(scope="module")
+def keypoint_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A JSON and an image directory: the two keypoint images as random pixels."""
+    root = tmp_path_factory.mktemp("coco_keypoints")
+    data = _keypoint_dataset()
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for image in data["images"]:
+        Image.fromarray(rng.integers(0, 256, (image["height"], image["width"], 3), dtype=np.uint8)).save(
+            images / image["file_name"]
+        )
+    json_path = root / "person_keypoints.json"
+    json_path.write_text(json.dumps(data))
+    return json_path, images
+
+
+class _KeypointOracle:
+    """A keypoint model's stand-in: the people with keypoints, as a model gives them (pixel i at i + 0.5)."""
+
+    def __init__(self, gt: COCO) -> None:
+        self.gt = gt
+        self.config = SimpleNamespace(mask_head=None, keypoint_head=KeypointHeadConfig())
+        self.queue = [image["id"] for image in gt.dataset["images"]]
+
+    coco_keypoints = Predictor.coco_keypoints
+
+    def category_ids(self, detections: Detections) -> list[int]:
+        return [PERSON] * len(detections)
+
+    def predict_arrays(self, images: list[np.ndarray]) -> list[Detections]:
+        out = []
+        for _ in images:
+            ids = self.gt.getAnnIds(imgIds=[self.queue.pop(0)], catIds=[PERSON])
+            anns = [a for a in self.gt.loadAnns(ids) if a["num_keypoints"] > 0]
+            xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32)
+            keypoints = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).reshape(-1, 17, 3)
+            keypoints[..., :2] += 0.5
+            keypoints[..., 2] = 3.0  # a score, not a visibility
+            out.append(Detections(
+                boxes=torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1),
+                scores=torch.ones(len(anns)),
+                labels=torch.zeros(len(anns), dtype=torch.int64),
+                keypoints=keypoints,
+            ))
+        return out
+
+
+def test_evaluate_keypoint_model_writes_coco_pixel_indices(keypoint_dataset: tuple[Path, Path]) -> None:
+    json_path, images = keypoint_dataset
+    gt = load_ground_truth(json_path)
+    metrics, results = evaluate(_KeypointOracle(gt), gt, images, progress=False)  # type: ignore[arg-type]
+    assert set(metrics) == {"bbox", "keypoints", "images", "images_failed"}, "no segm without a mask head"
+    assert all(metrics["keypoints"][name] == pytest.approx(1.0) for name in METRIC_NAMES if name != "APs")
+    expected = [a for a in gt.dataset["annotations"] if a["category_id"] == PERSON and a["num_keypoints"] > 0]
+    assert len(results) == len(expected)
+    for record, ann in zip(results, expected, strict=True):
+        assert record["image_id"] == ann["image_id"]
+        # Back to COCO's pixel indices (less 0.5); the third value is the model's score.
+        assert record["keypoints"][0::3] == pytest.approx(ann["keypoints"][0::3])
+        assert record["keypoints"][1::3] == pytest.approx(ann["keypoints"][1::3])
+        assert record["keypoints"][2::3] == [3.0] * 17
+
+
+def test_evaluate_keypoints_need_keypoint_ground_truth(dataset: tuple[Path, Path]) -> None:
+    json_path, images = dataset
+    gt = load_ground_truth(json_path)
+    oracle = _KeypointOracle(load_ground_truth(json_path))
+    with pytest.raises(ValueError, match="no ground-truth category lists keypoints"):
+        evaluate(oracle, gt, images, progress=False, iou_types=("keypoints",))  # type: ignore[arg-type]
+    # By default a keypoint model on a ground truth without keypoints gets box AP, and a warning.
+    with pytest.warns(UserWarning, match="keypoint AP is not computed"):
+        metrics, _ = evaluate(oracle, gt, images, progress=False, max_images=0)  # type: ignore[arg-type]
+    assert set(metrics) == {"bbox", "images", "images_failed"}
+    with pytest.raises(ValueError, match="without a keypoint head"):
+        evaluate(_Oracle(gt), gt, images, progress=False, iou_types=("bbox", "keypoints"))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def keypoint_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """torchvision's Keypoint R-CNN layout with seeded random weights, on 64-96 px inputs.
+
+    At most 10 detections per image: the keypoint head's eight 512-channel convolutions per
+    detection are most of a forward's time on a CPU.
+    """
+    config = with_input(torchvision_keypoint_r50_fpn(), min_size=64, max_size=96)
+    config = config.replace(box_head=dataclasses.replace(config.box_head, detections_per_image=10))
+    return write_small_checkpoint(tmp_path_factory.mktemp("kw") / "keypoints.safetensors", config)
+
+
+def _check_keypoint_schema(metrics: dict[str, Any], images: int) -> None:
+    assert set(metrics) == {"bbox", "keypoints", "images", "images_failed"}
+    for iou_type in ("bbox", "keypoints"):
+        assert set(metrics[iou_type]) == set(METRIC_NAMES)
+        for value in metrics[iou_type].values():
+            assert value is None or (isinstance(value, float) and 0.0 <= value <= 1.0), metrics
+    assert metrics["keypoints"]["APs"] is None
+    assert metrics["images"] == images and metrics["images_failed"] == []
+
+
+def test_evaluate_keypoint_model_end_to_end(keypoint_weights: Path, keypoint_dataset: tuple[Path, Path],
+                                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    json_path, images = keypoint_dataset
+    torch.set_num_threads(1)
+    out = tmp_path / "metrics.json"
+    raw = tmp_path / "detections.json"
+    code = main(["evaluate", "--json", str(json_path), "--images", str(images),
+                 "--weights", str(keypoint_weights), "--out", str(out), "--results", str(raw),
+                 "--batch-size", "2"])
+    assert code == 0
+    metrics = json.loads(out.read_text())
+    _check_keypoint_schema(metrics, images=2)
+    table = capsys.readouterr().out
+    assert [line.split()[0] for line in table.splitlines()[1:]] == ["bbox", "keypoints"]
+    detections = json.loads(raw.read_text())
+    assert detections, "the random model is pushed to detect something"
+    for record in detections:
+        assert record["category_id"] == PERSON and len(record["keypoints"]) == 51
+    # The detections file holds the keypoints evaluated: scoring it again gives the same numbers.
+    rescored = coco_metrics(load_ground_truth(json_path), detections, ("bbox", "keypoints"), image_ids=[5, 9])
+    assert rescored == {k: metrics[k] for k in ("bbox", "keypoints")}

@@ -19,7 +19,7 @@ CELL_ROUNDED = [[-23.0, -11.0, 23.0, 11.0], [-16.0, -16.0, 16.0, 16.0], [-11.0, 
 
 def _generator(stride: int, round_to_int: bool, offset: float = 0.0) -> AnchorGenerator:
     return AnchorGenerator(
-        sizes=(32.0,),
+        sizes=((32.0,),),
         aspect_ratios=(0.5, 1.0, 2.0),
         strides=(stride,),
         round_to_int=round_to_int,
@@ -64,7 +64,7 @@ def test_offset_half_centres_anchors_in_cells() -> None:
 
 def test_non_square_map_order_and_several_levels() -> None:
     gen = AnchorGenerator(
-        sizes=(32.0, 64.0), aspect_ratios=(0.5, 1.0, 2.0), strides=(4, 8), round_to_int=False
+        sizes=((32.0,), (64.0,)), aspect_ratios=(0.5, 1.0, 2.0), strides=(4, 8), round_to_int=False
     )
     a4, a8 = gen([(2, 3), (1, 2)], torch.device("cpu"))
     assert a4.shape == (2 * 3 * 3, 4) and a8.shape == (1 * 2 * 3, 4)
@@ -81,7 +81,7 @@ def test_non_square_map_order_and_several_levels() -> None:
 
 def test_mismatched_sizes_and_strides() -> None:
     with pytest.raises(ValueError):
-        AnchorGenerator(sizes=(32.0, 64.0), aspect_ratios=(1.0,), strides=(4,), round_to_int=True)
+        AnchorGenerator(sizes=((32.0,), (64.0,)), aspect_ratios=(1.0,), strides=(4,), round_to_int=True)
 
 
 def _square(side: float, x: float = 10.0, y: float = 20.0) -> list[float]:
@@ -119,3 +119,24 @@ def test_level_of_empty_box_is_the_lowest_level() -> None:
 def test_level_range() -> None:
     assert level_range((4, 8, 16, 32)) == (2, 5)
     assert level_range((4, 8, 16, 32, 64)) == (2, 6)
+
+
+def test_several_sizes_at_one_level_are_size_major() -> None:
+    # C4: every size at the one stride-16 level; each location lists size 32's ratios, then 64's.
+    gen = AnchorGenerator(sizes=((32.0, 64.0),), aspect_ratios=(0.5, 1.0, 2.0), strides=(16,),
+                          round_to_int=False)
+    assert gen.num_anchors == 6
+    (anchors,) = gen([(1, 2)], torch.device("cpu"))
+    assert anchors.shape == (12, 4)
+    widths = (anchors[:, 2] - anchors[:, 0]).tolist()
+    heights = (anchors[:, 3] - anchors[:, 1]).tolist()
+    r = 2 ** 0.5
+    assert widths[:6] == pytest.approx([32 * r, 32, 32 / r, 64 * r, 64, 64 / r], rel=1e-6)
+    assert heights[:6] == pytest.approx([32 / r, 32, 32 * r, 64 / r, 64, 64 * r], rel=1e-6)
+    assert anchors[6:, 0].tolist() == pytest.approx((anchors[:6, 0] + 16).tolist())  # next column
+
+
+def test_unequal_size_counts_per_level_are_refused() -> None:
+    with pytest.raises(ValueError, match="as many anchor sizes"):
+        AnchorGenerator(sizes=((32.0,), (64.0, 128.0)), aspect_ratios=(1.0,), strides=(4, 8),
+                        round_to_int=True)
