@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from maskrcnn.engine.reference import reference_dir
 
@@ -16,3 +18,13 @@ def reference() -> Path:
     if not (path / "compare.py").is_file():
         pytest.skip(f"reference fixtures not found at {path} (set MASKRCNN_SHARED)")
     return path
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a test, restored after it: small convolutions gain nothing
+    from more, and lose much when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

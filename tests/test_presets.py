@@ -12,13 +12,7 @@ from maskrcnn.config import PRESETS, torchvision_r50_fpn
 from maskrcnn.model import build_model
 from maskrcnn.structures import ImageBatch, Targets
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_r50_fpn_has_torchvisions_parameters_less_the_background_rows() -> None:

@@ -320,7 +320,10 @@ def test_keypoint_count_is_read_off_the_predictor() -> None:
                                skeleton=(), conv_dims=(64, 64))
     shapes = expected_state_shapes(torchvision_keypoint_r50_fpn().replace(keypoint_head=five))
     assert shapes["keypoint_head.predictor.weight"] == (64, 5, 4, 4)
-    assert infer_config(torchvision_keypoint_r50_fpn(), _fake(shapes)).keypoint_head == five
+    # On torchvision's keypoint base the head keeps torchvision's pixel convention (offset 0).
+    assert infer_config(torchvision_keypoint_r50_fpn(), _fake(shapes)).keypoint_head == dataclasses.replace(
+        five, pixel_offset=0.0
+    )
     assert infer_config(torchvision_r50_fpn(), _fake(shapes)).keypoint_head == five
     no_keypoints = expected_state_shapes(torchvision_r50_fpn())
     assert infer_config(torchvision_keypoint_r50_fpn(), _fake(no_keypoints)).keypoint_head is None

@@ -587,10 +587,10 @@ def _check_keypoint_schema(metrics: dict[str, Any], images: int) -> None:
     assert metrics["images"] == images and metrics["images_failed"] == []
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_evaluate_keypoint_model_end_to_end(keypoint_weights: Path, keypoint_dataset: tuple[Path, Path],
                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     json_path, images = keypoint_dataset
-    torch.set_num_threads(1)
     out = tmp_path / "metrics.json"
     raw = tmp_path / "detections.json"
     code = main(["evaluate", "--json", str(json_path), "--images", str(images),

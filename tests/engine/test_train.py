@@ -24,13 +24,7 @@ from maskrcnn.engine.train import LAST_CHECKPOINT, Trainer, configure, lr_factor
 LOSS_KEYS = ("loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box", "loss_mask")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: faster for these tiny convolutions, and the same arithmetic in every run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ learning rate

@@ -25,12 +25,7 @@ from maskrcnn.structures import ImageBatch, RoISamples, Targets
 S = 56  # heatmap side
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _slow_decode(heatmaps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
