@@ -25,13 +25,15 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
 
-# The benchmark peer: torchvision in its own virtualenv (a CUDA build that runs
-# on the CPU; several GB). Never a dependency of the package or the tests.
+# The benchmark and reference peer: torchvision in its own virtualenv (a CUDA build
+# that runs on the CPU; several GB), with what ../shared/reference/tools needs to
+# run torchvision's and Detectron2's own code. Never a dependency of the package or the tests.
 PEER := .peer-venv
 
 $(PEER)/.installed:
 	test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
-	$(PEER)/bin/python -m pip install torch==2.14.1 torchvision==0.29.1 pillow numpy
+	$(PEER)/bin/python -m pip install torch==2.14.1 torchvision==0.29.1 pillow numpy \
+		scikit-image pycocotools fvcore iopath omegaconf hydra-core yacs termcolor tabulate cloudpickle
 	touch $(PEER)/.installed
 
 peer-venv: $(PEER)/.installed

@@ -1,12 +1,31 @@
-"""The ``maskrcnn`` command: ``predict``, ``evaluate`` and ``demo``."""
+"""The ``maskrcnn`` command: ``predict``, ``evaluate``, ``train``, ``presets`` and ``demo``.
+
+A user's mistake gets one line on stderr, ``maskrcnn COMMAND: error: ...``,
+saying what is wrong, with which file or flag, and what to do. Exit status:
+
+- 0: done;
+- 1: a failure: a file that cannot be used (checkpoint, dataset, image),
+  an empty input set, a run that failed (also when some images were skipped);
+- 2: a usage error: an unknown flag, a bad value (``--batch-size 0``,
+  ``--score-threshold 2``, ``--device cuda`` without a GPU);
+- 130 (Ctrl-C) and 143 (SIGTERM): interrupted; what was done so far is kept
+  (``train`` saves a checkpoint and says how to resume).
+
+``--debug`` (anywhere on the command line) adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from tqdm import tqdm
@@ -16,68 +35,128 @@ from .config import ModelConfig
 # Fewer images than this run without a progress bar.
 PROGRESS_MIN_IMAGES = 4
 
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+# A message longer than this is cut (the full text is in the --debug traceback).
+MAX_MESSAGE_CHARS = 600
 
-def _collect_inputs(inputs: Sequence[str]) -> list[tuple[Path, str]]:
-    """``(path, file_name)`` per image: names relative to a directory argument, else as given."""
-    from .data.images import list_images
 
-    items = []
-    for arg in inputs:
-        root = Path(arg)
-        for path in list_images([root]):
-            items.append((path, str(path.relative_to(root)) if root.is_dir() else arg))
-    return items
+class UsageError(Exception):
+    """The command line is wrong (a flag's value, flags that go together): exit status 2."""
+
+
+class Failure(Exception):
+    """The command cannot do its work (a bad file, nothing to work on): exit status 1."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that ``finally`` blocks and checkpoints run."""
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _at_least(flag: str, value: int | None, minimum: int) -> None:
+    if value is not None and value < minimum:
+        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+
+
+def _device(name: str | None) -> str | None:
+    """A ``--device`` value that this machine can run on (None: the default)."""
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name}: use cpu, cuda or cuda:N")
+    return name
+
+
+def _unit_interval(text: str) -> float:
+    """argparse type of ``--score-threshold``: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
+
+
+def _load_predictor(args: argparse.Namespace, **kwargs: Any) -> Any:
+    from .engine.predict import load
+
+    if not Path(args.weights).is_file():
+        raise Failure(f"{args.weights}: no such checkpoint file (--weights)")
+    return load(args.weights, device=args.device or "cpu", format=args.format, **kwargs)
+
+
+# --------------------------------------------------------------------------- predict
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .convert import CheckpointError
-    from .data.images import ImageReadError, load_image
-    from .engine.predict import load
+    from .data.images import ImageReadError, collect_images, load_image
     from .engine.results import to_coco_results, write_json_atomic
-    from .engine.visualize import draw_detections
+    from .engine.visualize import draw_detections, picture_paths
 
-    if args.batch_size < 1:
-        raise SystemExit("--batch-size must be at least 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
+    _at_least("--batch-size", args.batch_size, 1)
+    _device(args.device)
     try:
-        items = _collect_inputs(args.images)
+        items = collect_images(args.images)
     except FileNotFoundError as e:
-        raise SystemExit(f"error: {e}") from e
-    try:
-        predictor = load(args.weights, device=args.device, format=args.format,
-                         score_threshold=args.score_threshold)
-    except (CheckpointError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from e
+        raise Failure(f"{e}; give image files or folders that hold images") from e
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if not items:
+        folders = ", ".join(args.images)
+        raise Failure(f"{folders}: no images found (files ending in .jpg, .png, .bmp, .tif, .webp, ... "
+                      "directly inside a folder; subfolders are not searched)")
     viz_dir = Path(args.viz) if args.viz else None
+    pictures: list[Path] = []
+    if viz_dir is not None:
+        try:
+            pictures = picture_paths([name for _, name in items], viz_dir)
+        except ValueError as e:
+            raise Failure(str(e)) from e
+    predictor = _load_predictor(args, score_threshold=args.score_threshold)
     keypoint_head = predictor.config.keypoint_head
     skeleton = keypoint_head.skeleton if keypoint_head is not None else ()
-    if viz_dir is not None:
-        viz_dir.mkdir(parents=True, exist_ok=True)
 
     results: list[dict] = []
     failed: list[str] = []
-    pending: list[tuple[str, object]] = []
+    done: list[str] = []
+    pending: list[tuple[int, object]] = []
     bar = tqdm(total=len(items), unit="img", disable=len(items) < PROGRESS_MIN_IMAGES, file=sys.stderr)
 
     def flush() -> None:
-        names = [n for n, _ in pending]
         arrays = [a for _, a in pending]
         detections = predictor.predict_arrays(arrays)
-        for name, image, det in zip(names, arrays, detections, strict=True):
+        for (index, image), det in zip(pending, detections, strict=True):
+            name = items[index][1]
             results.extend(to_coco_results(name, det.boxes, det.scores, predictor.category_ids(det),
                                            det.masks, predictor.coco_keypoints(det)))
             if viz_dir is not None:
                 picture = draw_detections(image, det.boxes, det.names, det.scores, det.masks,
                                           det.keypoints, skeleton)
-                picture.save(viz_dir / (Path(name).with_suffix("").as_posix().replace("/", "__") + ".png"))
+                pictures[index].parent.mkdir(parents=True, exist_ok=True)
+                picture.save(pictures[index])
+            done.append(name)
         bar.update(len(pending))
         pending.clear()
 
     try:
-        for path, name in items:
+        for index, (path, name) in enumerate(items):
             try:
-                pending.append((name, load_image(path)))
+                pending.append((index, load_image(path)))
             except ImageReadError as e:
                 failed.append(name)
                 bar.update(1)
@@ -87,43 +166,51 @@ def run_predict(args: argparse.Namespace) -> int:
                 flush()
         if pending:
             flush()
+    except KeyboardInterrupt as e:
+        bar.close()
+        write_json_atomic(args.out, results)
+        raise KeyboardInterrupt(f"interrupted; the {len(results)} detections on the {len(done)} image(s) "
+                                f"done so far are in {args.out}") from e
     finally:
         bar.close()
-        # Whatever happened, the detections computed so far are kept.
-        write_json_atomic(args.out, results)
-    done = len(items) - len(failed)
-    print(f"{len(results)} detections on {done} image(s) -> {args.out}"
+    # The detections computed so far are kept, whatever happened to the others.
+    write_json_atomic(args.out, results)
+    print(f"{len(results)} detections on {len(done)} image(s) -> {args.out}"
           + (f"; pictures in {viz_dir}" if viz_dir else ""), file=sys.stderr)
     if failed:
-        print(f"error: {len(failed)} image(s) could not be read: {', '.join(failed)}", file=sys.stderr)
-        return 1
+        raise Failure(f"{len(failed)} image(s) could not be read and were skipped: {', '.join(failed)}")
     return 0
 
 
+# --------------------------------------------------------------------------- evaluate
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .convert import CheckpointError
     from .engine.evaluate import evaluate, format_table, load_ground_truth
-    from .engine.predict import load
     from .engine.results import write_json_atomic
 
-    if args.batch_size < 1:
-        raise SystemExit("--batch-size must be at least 1")
-    if args.max_images is not None and args.max_images < 0:
-        raise SystemExit("--max-images must be non-negative")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if not Path(args.images).is_dir():
-        raise SystemExit(f"error: no such image directory: {args.images}")
+    _at_least("--batch-size", args.batch_size, 1)
+    _at_least("--max-images", args.max_images, 1)
+    _device(args.device)
+    image_dir = Path(args.images)
+    if not image_dir.is_dir():
+        raise Failure(f"{image_dir}: no such image directory (--images)")
     try:
         gt = load_ground_truth(args.json)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
-    try:
-        predictor = load(args.weights, device=args.device, format=args.format)
-    except (CheckpointError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from e
+    except FileNotFoundError as e:
+        raise Failure(f"{e} (--json)") from e
+    except ValueError as e:
+        raise Failure(f"{e}; give a COCO instances file") from e
+    entries = gt.dataset["images"][: args.max_images]
+    if not entries:
+        raise Failure(f"{args.json}: lists no images; nothing to evaluate")
+    names = [str(entry.get("file_name", "")) for entry in entries]
+    if not any((image_dir / name).is_file() for name in names if name):
+        raise Failure(f"{image_dir}: none of the {len(names)} image(s) that {args.json} lists is in this "
+                      f"folder (e.g. {names[0] or '?'}); give the folder they are in as --images")
+    predictor = _load_predictor(args)
 
-    metrics, results = evaluate(predictor, gt, args.images, batch_size=args.batch_size,
+    metrics, results = evaluate(predictor, gt, image_dir, batch_size=args.batch_size,
                                 max_images=args.max_images)
     print(format_table(metrics))
     write_json_atomic(args.out, metrics, indent=2)
@@ -134,9 +221,180 @@ def run_evaluate(args: argparse.Namespace) -> int:
           + (f"; {len(results)} detections -> {args.results}" if args.results else ""), file=sys.stderr)
     failed = metrics["images_failed"]
     if failed:
-        print(f"error: {len(failed)} image(s) could not be evaluated: {', '.join(failed)}", file=sys.stderr)
-        return 1
+        raise Failure(f"{len(failed)} image(s) could not be evaluated and were left out: {', '.join(failed)}")
     return 0
+
+
+# --------------------------------------------------------------------------- train
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``maskrcnn train``."""
+    from .config import PRESETS
+
+    p.add_argument("--train-json", required=True, metavar="JSON",
+                   help="COCO instances JSON of the training set")
+    p.add_argument("--train-images", required=True, metavar="DIR", help="folder of the training images")
+    p.add_argument("--val-json", metavar="JSON", help="COCO instances JSON of a validation set")
+    p.add_argument("--val-images", metavar="DIR", help="folder of the validation images")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (checkpoints, logs, model_final)")
+    p.add_argument("--preset", default="r50-fpn", choices=sorted(PRESETS), help="architecture and schedule")
+    p.add_argument("--weights", metavar="FILE",
+                   help="initial weights: ours, torchvision's or Detectron2's (tensors that fit are loaded)")
+    p.add_argument("--iterations", type=int, metavar="N",
+                   help="iterations (default: the preset's schedule scaled to the batch size)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="images per iteration over all processes")
+    p.add_argument("--min-size", type=int, nargs="+", metavar="S",
+                   help="training shortest-edge size(s); the first is also the test size")
+    p.add_argument("--max-size", type=int, metavar="S", help="longest-edge cap")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config fields, e.g. rpn.nms_thresh=0.6 solver.base_lr=0.01")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last_checkpoint.pth (if there is none, start at 0 and say so)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+
+
+def _load_dataset(json_path: str, image_dir: str) -> Any:
+    from .data.coco import CocoDataset, DatasetError
+
+    try:
+        return CocoDataset(json_path, image_dir)
+    except DatasetError as e:
+        raise Failure(str(e)) from e
+    except UnicodeDecodeError as e:
+        raise Failure(f"{json_path}: not a text (JSON) file; give a COCO instances file") from e
+    except ValueError as e:  # json.JSONDecodeError and other problems of the file's structure
+        raise Failure(f"{json_path}: not a COCO instances file ({e}); check the file") from e
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise Failure(f"{json_path}: not a COCO instances file ({type(e).__name__}: {e}); "
+                      "expected an object with 'images', 'annotations' and 'categories' lists") from e
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``maskrcnn train``: returns the exit status."""
+    from . import dist as mdist
+    from .engine.train import (
+        FINAL_MODEL,
+        LAST_CHECKPOINT,
+        Trainer,
+        ValidationSet,
+        check_solver,
+        configure,
+        setup_distributed,
+    )
+
+    # The command line first: nothing is read before it is known to be usable.
+    if (args.val_json is None) != (args.val_images is None):
+        raise UsageError("--val-json and --val-images go together; give both or neither")
+    _at_least("--batch-size", args.batch_size, 1)
+    _at_least("--iterations", args.iterations, 1)
+    for size in args.min_size or ():
+        _at_least("--min-size", size, 1)
+    _at_least("--max-size", args.max_size, 1)
+    _device(args.device)
+    inputs = (("--train-json", args.train_json, False), ("--train-images", args.train_images, True),
+              ("--val-json", args.val_json, False), ("--val-images", args.val_images, True),
+              ("--weights", args.weights, False))
+    for flag, path, folder in inputs:
+        if path is not None and not (Path(path).is_dir() if folder else Path(path).is_file()):
+            raise Failure(f"{path}: no such {'folder' if folder else 'file'} ({flag})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; give a folder for the run's outputs")
+
+    setup_distributed()
+    world = mdist.world_size()
+    if args.batch_size is not None and args.batch_size % world:
+        raise UsageError(f"--batch-size {args.batch_size} does not split over {world} processes")
+    rank0 = mdist.rank() == 0
+    dataset = _load_dataset(args.train_json, args.train_images)
+    if rank0:
+        print(dataset.report.summary(), file=sys.stderr)
+    if len(dataset) == 0:
+        raise Failure(f"{args.train_json}: no usable training image (see the problems above); "
+                      f"check the annotations and that --train-images {args.train_images} holds the images")
+    if args.val_json:
+        from .engine.evaluate import load_ground_truth
+
+        try:  # now, rather than at the first validation, hours later
+            load_ground_truth(args.val_json)
+        except ValueError as e:
+            raise Failure(f"{e}; give a COCO instances file (--val-json)") from e
+    try:
+        cfg, solver = configure(args, dataset)  # --set errors name the key
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from e
+    try:
+        check_solver(solver)
+    except ValueError as e:
+        raise UsageError(f"{e} (change it with --set solver.NAME=VALUE)") from e
+    try:
+        _check_model(cfg)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"the model's configuration is invalid: {e} (check --set, --min-size and "
+                         "--max-size)") from e
+    if solver.batch_size % world:
+        raise UsageError(f"the batch size {solver.batch_size} does not split over {world} processes; "
+                         "give --batch-size")
+
+    validation = ValidationSet(Path(args.val_json), Path(args.val_images)) if args.val_json else None
+    trainer = Trainer(model_cfg=cfg, solver=solver, dataset=dataset, out_dir=out,
+                      validation=validation, init_weights=Path(args.weights) if args.weights else None,
+                      device=args.device)
+    if args.weights and rank0:
+        _report_initial_weights(args.weights, trainer.skipped_weights, trainer.num_weights)
+    checkpoint = out / LAST_CHECKPOINT
+    if args.resume:
+        if trainer.resume():
+            if rank0:
+                print(f"resumed from iteration {trainer.iteration} ({checkpoint})", file=sys.stderr)
+        elif rank0:
+            print(f"--resume: no checkpoint yet ({checkpoint} does not exist); starting from iteration 0",
+                  file=sys.stderr)
+    elif checkpoint.is_file() and rank0:
+        print(f"warning: {checkpoint} is replaced by this new run; to continue it instead, "
+              "stop now and add --resume", file=sys.stderr)
+    try:
+        metrics = trainer.train()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank0:
+        print(f"wrote {out / FINAL_MODEL}", file=sys.stderr)
+        if metrics is not None:
+            from .engine.evaluate import format_table
+
+            print(format_table(metrics))
+    return 0
+
+
+def _check_model(cfg: ModelConfig) -> None:
+    """Build the model on the meta device (no memory): a bad --set value fails here, in one line."""
+    from .model import build_model
+
+    with torch.device("meta"):
+        build_model(cfg)
+
+
+# Below this fraction of the model's tensors loaded, --weights is most likely the wrong checkpoint.
+MIN_FITTING_WEIGHTS = 0.5
+
+
+def _report_initial_weights(path: str, skipped: list[str], total: int) -> None:
+    loaded = total - len(skipped)
+    if loaded < MIN_FITTING_WEIGHTS * total:
+        print(f"warning: --weights {path}: only {loaded} of the model's {total} tensors fit (names and "
+              f"shapes); the other {len(skipped)} start from scratch. Is it a checkpoint of this --preset's "
+              "architecture?", file=sys.stderr)
+    elif skipped:
+        print(f"initial weights: {len(skipped)} of {total} tensors left at their initialisation "
+              f"(e.g. {', '.join(skipped[:4])})", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- presets, demo
 
 
 def parameter_count(cfg: ModelConfig) -> int:
@@ -167,14 +425,33 @@ def run_presets(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from .engine.demo import demo
 
-    return demo(Path(args.out), iterations=args.iterations)
+    _at_least("--iterations", args.iterations, 1)
+    start = time.perf_counter()
+    code = demo(Path(args.out), iterations=args.iterations)
+    print(f"done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return code
+
+
+# --------------------------------------------------------------------------- parser and errors
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskrcnn", description="Mask R-CNN instance segmentation.")
+    parser = _Parser(prog="maskrcnn", description="Mask R-CNN instance segmentation.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    # --debug is accepted after the command too; SUPPRESS keeps a subcommand from resetting it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="segment images with a trained model")
+    p = sub.add_parser("predict", parents=[common], help="segment images with a trained model")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
                    help="image files and/or directories (their images in sorted order)")
     p.add_argument("--weights", required=True, metavar="FILE",
@@ -185,12 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="COCO results file to write (default: results.json)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
     p.add_argument("--viz", metavar="DIR", help="write one picture per image with its detections here")
-    p.add_argument("--score-threshold", type=float, default=None, metavar="T",
-                   help="keep detections scoring above T (default: the model's own, 0.05)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--score-threshold", type=_unit_interval, default=None, metavar="T",
+                   help="keep detections scoring above T, any T in [0, 1] (default: the model's own, 0.05)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=run_predict)
 
-    e = sub.add_parser("evaluate", help="COCO box, mask and keypoint AP on an annotated image set")
+    e = sub.add_parser("evaluate", parents=[common],
+                       help="COCO box, mask and keypoint AP on an annotated image set")
     e.add_argument("--json", required=True, metavar="FILE", help="COCO annotation file (instances format)")
     e.add_argument("--images", required=True, metavar="DIR",
                    help="directory holding the annotation file's images (by their file_name)")
@@ -204,19 +482,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
     e.add_argument("--max-images", type=int, default=None, metavar="N",
                    help="evaluate only the first N images of the annotation file")
-    e.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     e.set_defaults(func=run_evaluate)
 
-    from .engine.train import add_train_arguments, run_train
-
-    pr = sub.add_parser("presets", help="list the model presets usable as train --preset")
+    pr = sub.add_parser("presets", parents=[common], help="list the model presets usable as train --preset")
     pr.set_defaults(func=run_presets)
 
-    t = sub.add_parser("train", help="train on a COCO-format dataset")
+    t = sub.add_parser("train", parents=[common], help="train on a COCO-format dataset")
     add_train_arguments(t)
     t.set_defaults(func=run_train)
 
-    d = sub.add_parser("demo", help="train a small model on synthetic shapes, evaluate, draw predictions")
+    d = sub.add_parser("demo", parents=[common],
+                       help="train a small model on synthetic shapes, evaluate, draw predictions")
     d.add_argument("--out", default="demo_output", metavar="DIR")
     d.add_argument("--iterations", type=int, default=None, metavar="N",
                    help="training iterations (default: the demo preset's schedule)")
@@ -224,13 +501,100 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` (a KeyboardInterrupt) while the command runs.
+
+    Python's default is to die at once, which skips ``finally`` blocks:
+    temporary files of atomic writes stay behind, training saves nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(text: str) -> str:
+    """A message as one line: its lines joined, cut when very long."""
+    line = "; ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+    return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+# torch.load's error for files it cannot read advises loading with weights_only=False,
+# which runs any code the file holds: never pass that on.
+_UNSAFE_ADVICE = "weights_only"
+
+
+def _checkpoint_message(error: Any) -> str:
+    problem = str(error.problem)
+    if _UNSAFE_ADVICE in problem:
+        problem = ("cannot read checkpoint: not a torch, safetensors or Detectron2 pickle file of weights "
+                   "(damaged, truncated or not a checkpoint); download or save it again")
+    return f"{error.path}: {problem}"
+
+
+def _describe(error: BaseException, command: str) -> tuple[str, int]:
+    """The one-line message and exit status of an exception that ended a command."""
+    from .convert import CheckpointError
+    from .data.coco import DatasetError
+    from .data.images import ImageReadError
+
+    if isinstance(error, UsageError):
+        return str(error), EXIT_USAGE
+    if isinstance(error, KeyboardInterrupt):
+        code = EXIT_TERMINATED if isinstance(error, Terminated) or isinstance(error.__cause__, Terminated) \
+            else EXIT_INTERRUPTED
+        return _interrupted_message(error, command), code
+    if isinstance(error, CheckpointError):
+        return _checkpoint_message(error), EXIT_FAILURE
+    if isinstance(error, Failure | ImageReadError | DatasetError | OSError):
+        return str(error), EXIT_FAILURE
+    if isinstance(error, FloatingPointError):  # training stopped on non-finite losses; says what to do
+        return str(error), EXIT_FAILURE
+    return (f"unexpected {type(error).__name__}: {error} (this may be a bug: rerun with --debug for the "
+            "traceback and report it)"), EXIT_FAILURE
+
+
+def _interrupted_message(error: KeyboardInterrupt, command: str) -> str:
+    from .engine.train import TrainingInterrupted
+
+    if isinstance(error, TrainingInterrupted):
+        if command == "demo":
+            return f"interrupted at iteration {error.iteration}; the demo starts afresh when run again"
+        if error.checkpoint is None:
+            return (f"interrupted at iteration {error.iteration} before a checkpoint could be saved; "
+                    "rerun the same command with --resume to continue from the last one saved")
+        return (f"interrupted at iteration {error.iteration}; checkpoint saved to {error.checkpoint}. "
+                "To continue, run the same command with --resume")
+    return str(error).strip() or "interrupted"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    start = time.perf_counter()
-    code = args.func(args)
-    if args.command == "demo":
-        print(f"done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return code
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse has printed
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        with sigterm_as_interrupt():
+            return args.func(args)
+    except SystemExit:
+        raise
+    except BaseException as error:  # noqa: BLE001 - every error becomes one line (and a status)
+        message, code = _describe(error, args.command)
+        if args.debug:
+            traceback.print_exc()
+        print(f"maskrcnn {args.command}: {'' if code >= EXIT_INTERRUPTED else 'error: '}{_one_line(message)}",
+              file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

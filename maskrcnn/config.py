@@ -15,8 +15,10 @@ from typing import Any, Literal, get_type_hints
 
 ResizeRule = Literal["torchvision", "detectron2"]
 PasteRule = Literal["torchvision", "detectron2"]
+StrideRule = Literal["fixed", "torchvision"]
 PoolerKind = Literal["roi_align", "roi_pool", "roi_warp"]
 MaskLoss = Literal["sigmoid", "softmax", "class_agnostic"]
+Architecture = Literal["fpn", "c4", "dc5"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class InputConfig:
     # longest edge exceed `max_size` (then the longest edge to `max_size`).
     min_size: int = 800
     max_size: int = 1333
-    # "torchvision": scale computed in float32, output size floor(size * scale),
+    # "torchvision": scale computed in float64, output size int(size * scale),
     #   bilinear interpolation of the normalised float image.
     # "detectron2": scale in float64, size rounded half up, PIL bilinear on the
     #   uint8 image before normalisation.
@@ -39,7 +41,8 @@ class InputConfig:
     pixel_range: float = 1.0
     pixel_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     pixel_std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    # Padded batch sides are multiples of this, so every FPN level lines up.
+    # Padded batch sides are multiples of this, so every FPN level lines up
+    # (1: padded only to the batch's largest image).
     size_divisibility: int = 32
     # Training: the shortest edge is drawn from these sizes for each image
     # (multi-scale training; one size = fixed scale), capped by max_size.
@@ -87,6 +90,12 @@ class AnchorConfig:
     round_to_int: bool = True
     # Anchor centres sit at (offset + i) * stride.
     offset: float = 0.0
+    # "fixed": each level's stride is its nominal one (the backbone's strides).
+    # "torchvision": per axis, padded image side // feature-map side, as
+    #   torchvision's AnchorGenerator computes it. It differs from the nominal
+    #   stride at P6 whenever the padded side / 32 is odd (800 px: P6 has 13
+    #   cells, stride 800 // 13 = 61 instead of 64).
+    stride_rule: StrideRule = "fixed"
 
 
 @dataclass(frozen=True)
@@ -234,8 +243,11 @@ class ModelConfig:
     """The whole detector."""
 
     # "fpn": FPN P2-P6, RoIs pooled from the level their size suits (Figure 4, right);
-    # "c4": ResNet up to res4, RoIs pooled at 14x14 from C4, res5 as the RoI head (Figure 4, left).
-    architecture: Literal["fpn", "c4"] = "fpn"
+    # "c4": ResNet up to res4, RoIs pooled at 14x14 from C4, res5 as the RoI head (Figure 4, left);
+    # "dc5": the whole ResNet with res5 dilated (dilation 2, no subsampling: C5 at
+    #   stride 16, as in R-FCN), one-level RPN on C5, the FPN model's box and
+    #   mask heads pooling C5. C4 and DC5 put every anchor size on their one map.
+    architecture: Architecture = "fpn"
     num_classes: int = 80  # foreground classes K
     class_names: tuple[str, ...] = ()
     # category_ids[label] is the dataset's id of contiguous label `label`.
@@ -346,6 +358,7 @@ def torchvision_r50_fpn() -> ModelConfig:
         num_classes=len(ids),
         class_names=tuple(COCO_CATEGORY_NAMES[i] for i in ids),
         category_ids=ids,
+        anchors=AnchorConfig(stride_rule="torchvision"),
     )
 
 
@@ -360,6 +373,7 @@ def torchvision_keypoint_r50_fpn() -> ModelConfig:
         class_names=("person",),
         category_ids=(1,),
         input=InputConfig(train_min_sizes=(640, 672, 704, 736, 768, 800)),
+        anchors=AnchorConfig(stride_rule="torchvision"),
         mask_head=None,
         keypoint_head=KeypointHeadConfig(pixel_offset=0.0),
     )
@@ -388,6 +402,52 @@ def detectron2_r50_fpn() -> ModelConfig:
             pooler=dataclasses.replace(adaptive_v2, resolution=14), paste_rule="detectron2"
         ),
         clip_to_original=True,
+    )
+
+
+def _unpadded(cfg: InputConfig) -> InputConfig:
+    """Detectron2 pads a plain ResNet backbone's batch only to its largest image (its
+    ``size_divisibility`` is 0 without an FPN), which moves the C4/C5 map's border
+    and so its anchors and proposals."""
+    return dataclasses.replace(cfg, size_divisibility=1)
+
+
+def detectron2_r50_c4() -> ModelConfig:
+    """Detectron2's ``mask_rcnn_R_50_C4_3x`` (``Base-RCNN-C4.yaml``, ``Res5ROIHeads``).
+
+    Its defaults differ from the FPN model's in: one map (res4, stride 16)
+    with all five anchor sizes; RPN top 6000 before NMS and 1000 after at test
+    (12000 / 2000 in training); no padding beyond the batch's largest image;
+    RoIAlignV2 14x14 on res4, then res5 per RoI; the box predictors on res5's
+    spatial mean (no fc); the mask head only a deconv (2048 -> 256) and the
+    predictor on res5's 7x7 output, so 14x14 masks.
+    """
+    base = detectron2_r50_fpn()
+    pooler = dataclasses.replace(base.box_head.pooler, resolution=14)
+    return base.replace(
+        architecture="c4",
+        input=_unpadded(base.input),
+        rpn=dataclasses.replace(base.rpn, pre_nms_topk_test=6000, pre_nms_topk_train=12000,
+                                post_nms_topk_train=2000),
+        box_head=dataclasses.replace(base.box_head, pooler=pooler, num_fc=0),
+        mask_head=dataclasses.replace(base.mask_head, pooler=pooler, conv_dims=(), deconv_dim=256),
+    )
+
+
+def detectron2_r50_dc5() -> ModelConfig:
+    """Detectron2's ``mask_rcnn_R_50_DC5_3x`` (``Base-RCNN-DilatedC5.yaml``).
+
+    res5 dilated (``RES5_DILATION: 2``) so C5 keeps stride 16; RPN on C5 with
+    all five anchor sizes, C4's top-k (6000 / 1000 at test) and padding; the
+    FPN model's 2-fc box head (RoIAlignV2 7x7) and 4-conv mask head (14x14),
+    both pooling C5.
+    """
+    base = detectron2_r50_fpn()
+    return base.replace(
+        architecture="dc5",
+        input=_unpadded(base.input),
+        rpn=dataclasses.replace(base.rpn, pre_nms_topk_test=6000, pre_nms_topk_train=12000,
+                                post_nms_topk_train=2000),
     )
 
 
@@ -457,6 +517,15 @@ def _c4_preset(depth: int) -> ModelConfig:
     )
 
 
+def _dc5_preset(depth: int) -> ModelConfig:
+    """Dilated C5: the FPN model's heads on one stride-16 map, res5 dilated instead of subsampling."""
+    return ModelConfig(
+        architecture="dc5",
+        backbone=BackboneConfig(depth=depth),
+        rpn=RPNConfig(pre_nms_topk_test=6000, pre_nms_topk_train=12000, post_nms_topk_train=2000),
+    )
+
+
 def demo_model() -> ModelConfig:
     """A narrow ResNet-18-FPN with group norm for 128-pixel images: trains from scratch on 2 CPU cores."""
     return ModelConfig(
@@ -477,6 +546,9 @@ PRESETS: dict[str, Preset] = {
     "r50-c4": Preset("ResNet-50-C4 Mask R-CNN: res5 as the RoI head (the paper's Figure 4, left)",
                      _c4_preset(50)),
     "r101-c4": Preset("ResNet-101-C4 Mask R-CNN", _c4_preset(101)),
+    "r50-dc5": Preset("ResNet-50-DC5 Mask R-CNN: res5 dilated, RPN and FPN-style heads on its stride-16 map",
+                      _dc5_preset(50)),
+    "r101-dc5": Preset("ResNet-101-DC5 Mask R-CNN", _dc5_preset(101)),
     "x101-32x8d-fpn": Preset("ResNeXt-101 32x8d FPN Mask R-CNN", _fpn_preset(101, 32, 8)),
     "x101-64x4d-fpn": Preset("ResNeXt-101 64x4d FPN Mask R-CNN", _fpn_preset(101, 64, 4)),
     "r50-fpn-keypoints": Preset(

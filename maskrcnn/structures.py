@@ -110,6 +110,8 @@ class Annotations:
     float32 ``(x, y, visibility)`` or None. ``crowd_boxes (G, 4)`` are
     ``iscrowd`` regions: not instances to detect, but places where a
     detection is not counted as a mistake (ignored in matching and evaluation).
+    ``M = 0`` is an image without instances (a negative). The shapes are
+    checked when built (``check_instance_shapes``: ``ValueError``).
     """
 
     boxes: Tensor
@@ -117,6 +119,9 @@ class Annotations:
     masks: Tensor | None = None
     keypoints: Tensor | None = None
     crowd_boxes: Tensor = field(default_factory=lambda: torch.zeros((0, 4)))
+
+    def __post_init__(self) -> None:
+        check_instance_shapes(self)
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -141,7 +146,7 @@ class Targets:
     sampling of this image's anchors and RoIs a function of the image's place
     in the data stream, not of the process that trains on it: the same
     training whether the batch is split over one process or several, and
-    after a resume.
+    after a resume. Shapes are checked when built, as for ``Annotations``.
     """
 
     boxes: Tensor
@@ -150,6 +155,9 @@ class Targets:
     keypoints: Tensor | None = None
     crowd_boxes: Tensor = field(default_factory=lambda: torch.zeros((0, 4)))
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        check_instance_shapes(self)
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -169,6 +177,40 @@ class Targets:
             self.crowd_boxes.to(device),
             self.seed,
         )
+
+
+def check_instance_shapes(gt: Annotations | Targets) -> None:
+    """Raise ``ValueError`` naming the field unless the ground truth's shapes agree.
+
+    ``boxes (M, 4)``, ``labels (M,)`` of an integer type, ``masks (M, H, W)``,
+    ``keypoints (M, P, 3)`` and ``crowd_boxes (G, 4)``: one ``M`` for every
+    per-instance field. ``M = 0`` (an image without instances) is valid.
+    Checked once, when the ground truth is built, so that a mismatch names
+    its cause rather than surfacing as an indexing error inside a loss.
+    """
+    name = type(gt).__name__
+    tensors = {"boxes": gt.boxes, "labels": gt.labels, "masks": gt.masks, "keypoints": gt.keypoints,
+               "crowd_boxes": gt.crowd_boxes}
+    for key, value in tensors.items():
+        if value is not None and not isinstance(value, Tensor):
+            raise ValueError(f"{name}.{key} must be a tensor, not {type(value).__name__}")
+    if gt.boxes.dim() != 2 or gt.boxes.shape[1] != 4:
+        raise ValueError(f"{name}.boxes must be (M, 4), got {tuple(gt.boxes.shape)}")
+    m = gt.boxes.shape[0]
+    if gt.labels.shape != (m,):
+        raise ValueError(f"{name}.labels must be (M,) = ({m},) like the boxes, got {tuple(gt.labels.shape)}")
+    if gt.labels.is_floating_point() or gt.labels.is_complex() or gt.labels.dtype == torch.bool:
+        raise ValueError(f"{name}.labels must be integers, got {gt.labels.dtype}")
+    if gt.masks is not None and (gt.masks.dim() != 3 or gt.masks.shape[0] != m):
+        raise ValueError(f"{name}.masks must be (M, H, W) with M = {m} like the boxes, "
+                         f"got {tuple(gt.masks.shape)}")
+    if gt.keypoints is not None and (
+        gt.keypoints.dim() != 3 or gt.keypoints.shape[0] != m or gt.keypoints.shape[2] != 3
+    ):
+        raise ValueError(f"{name}.keypoints must be (M, P, 3) with M = {m} like the boxes, "
+                         f"got {tuple(gt.keypoints.shape)}")
+    if gt.crowd_boxes.dim() != 2 or gt.crowd_boxes.shape[1] != 4:
+        raise ValueError(f"{name}.crowd_boxes must be (G, 4), got {tuple(gt.crowd_boxes.shape)}")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``maskrcnn predict``: results format, batching order, bad inputs reported and skipped."""
+"""``maskrcnn predict``: results format, batching order, bad inputs reported and skipped, one-line errors."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from maskrcnn.cli import main
+from maskrcnn.engine.checkpoint import save_model
 
-from .helpers import write_small_checkpoint
+from .helpers import error_line, random_state, small_config, write_small_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def test_results_are_coco_format_in_input_pixels(weights: Path, tmp_path: Path) 
     assert results, "the small model is built to detect something"
     for r in results:
         assert set(r) == {"file_name", "category_id", "bbox", "score", "segmentation"}
-        assert r["file_name"] == str(image)
+        assert r["file_name"] == "a.png"  # relative to the folder of the inputs
         assert r["category_id"] in (10, 11, 12)
         x, y, w, h = r["bbox"]
         assert 0 <= x <= x + w <= 96 + 1e-3 and 0 <= y <= y + h <= 64 + 1e-3
@@ -83,7 +85,7 @@ def test_batching_does_not_reorder(weights: Path, tmp_path: Path) -> None:
     assert main(["predict", *images, "--weights", str(weights), "--out", str(out1)]) == 0
     assert main(["predict", *images, "--weights", str(weights), "--out", str(out3), "--batch-size", "3"]) == 0
     order = [r["file_name"] for r in json.loads(out3.read_text())]
-    assert sorted(set(order), key=order.index) == [i for i in images if i in order]
+    assert sorted(set(order), key=order.index) == [n for n in ("z.png", "m.png", "a.png") if n in order]
     # Same images of the same size: padding is identical, so batching changes only the
     # order of float sums; detections may swap places where scores nearly tie, nothing more.
     a, b = json.loads(out1.read_text()), json.loads(out3.read_text())
@@ -118,3 +120,158 @@ def test_score_threshold_keeps_only_higher_scores(weights: Path, tmp_path: Path)
     high = json.loads(out_hi.read_text())
     assert all(r["score"] > 0.3 for r in high)
     assert len(high) == sum(r["score"] > 0.3 for r in everything)
+
+
+# ------------------------------------------------------------------ errors, exit codes, file names
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_same_file_names_in_two_folders_stay_apart(weights: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    for folder, seed in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        _photo(tmp_path / folder / "x.png", seed=seed)
+    out, viz = tmp_path / "r.json", tmp_path / "viz"
+    code, _ = _run(["predict", str(tmp_path / "a"), str(tmp_path / "b"), "--weights", str(weights),
+                    "--out", str(out), "--viz", str(viz)], capsys)
+    assert code == 0
+    assert {r["file_name"] for r in json.loads(out.read_text())} == {"a/x.png", "b/x.png"}
+    assert sorted(p.relative_to(viz).as_posix() for p in viz.rglob("*.png")) == ["a/x.png", "b/x.png"]
+
+
+def test_same_stem_with_two_extensions_gives_two_pictures(weights: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    _photo(d / "x.jpg", seed=1)
+    _photo(d / "x.png", seed=2)
+    viz = tmp_path / "viz"
+    code, _ = _run(["predict", str(d), "--weights", str(weights), "--out", str(tmp_path / "r.json"),
+                    "--viz", str(viz)], capsys)
+    assert code == 0
+    assert sorted(p.name for p in viz.iterdir()) == ["x.jpg.png", "x.png.png"]
+
+
+def test_clashing_inputs_are_errors_not_overwrites(weights: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    image = _photo(d / "x.png")
+    code, err = _run(["predict", str(d), str(image), "--weights", str(weights),
+                      "--out", str(tmp_path / "r.json")], capsys)
+    assert code == 2
+    error_line(err, "x.png", "twice")
+    # Pictures that differ only by case would overwrite each other on macOS and Windows.
+    _photo(d / "X.png", seed=3)
+    code, err = _run(["predict", str(d), "--weights", str(weights), "--out", str(tmp_path / "r.json"),
+                      "--viz", str(tmp_path / "viz")], capsys)
+    assert code == 1
+    error_line(err, "X.png", "x.png")
+    assert not (tmp_path / "viz").exists()
+
+
+def test_score_threshold_below_the_models_own_returns_lower_scores(tmp_path: Path) -> None:
+    # Background strongly preferred: every detection scores about 0.02, below the model's 0.05.
+    config = small_config()
+    state = random_state(config)
+    state["box_head.cls_score.weight"] = torch.zeros_like(state["box_head.cls_score.weight"])
+    state["box_head.cls_score.bias"] = torch.tensor([2.0] + [-2.0] * config.num_classes)
+    low = save_model(tmp_path / "low.safetensors", config, state)
+    image = _photo(tmp_path / "a.png")
+    default, lowered = tmp_path / "default.json", tmp_path / "lowered.json"
+    assert main(["predict", str(image), "--weights", str(low), "--out", str(default)]) == 0
+    assert main(["predict", str(image), "--weights", str(low), "--out", str(lowered),
+                 "--score-threshold", "0.001"]) == 0
+    assert json.loads(default.read_text()) == []
+    scores = [r["score"] for r in json.loads(lowered.read_text())]
+    assert scores and all(0.001 < s < 0.05 for s in scores)
+
+
+@pytest.mark.parametrize("value", ["2", "-0.1", "nan", "x"])
+def test_score_threshold_outside_zero_one_is_a_usage_error(weights: Path, tmp_path: Path, value: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    image = _photo(tmp_path / "a.png")
+    code, err = _run(["predict", str(image), "--weights", str(weights), "--score-threshold", value,
+                      "--out", str(tmp_path / "r.json")], capsys)
+    assert code == 2
+    error_line(err, "--score-threshold")
+
+
+def test_empty_folder_is_an_error_for_predict(weights: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    empty, notes = tmp_path / "empty", tmp_path / "notes"
+    empty.mkdir()
+    notes.mkdir()
+    (notes / "readme.txt").write_text("no images here")
+    for folder in (empty, notes):
+        code, err = _run(["predict", str(folder), "--weights", str(weights),
+                          "--out", str(tmp_path / "r.json")], capsys)
+        assert code == 1
+        error_line(err, str(folder))
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_empty_image_set_is_an_error_for_evaluate(weights: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    gt = {"images": [{"id": 1, "file_name": "a.png", "height": 64, "width": 96}], "annotations": [],
+          "categories": [{"id": 10, "name": "thing0"}]}
+    listed, unlisted = tmp_path / "gt.json", tmp_path / "none.json"
+    listed.write_text(json.dumps(gt))
+    unlisted.write_text(json.dumps({**gt, "images": []}))
+    base = ["evaluate", "--weights", str(weights), "--out", str(tmp_path / "m.json")]
+    code, err = _run([*base, "--json", str(listed), "--images", str(empty)], capsys)
+    assert code == 1
+    error_line(err, str(empty))
+    _photo(empty / "a.png", (96, 64))
+    code, err = _run([*base, "--json", str(unlisted), "--images", str(empty)], capsys)
+    assert code == 1
+    error_line(err, str(unlisted), "no images")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_random_bytes_checkpoint_gets_one_line_without_unsafe_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    image = _photo(tmp_path / "a.png")
+    code, err = _run(["predict", str(image), "--weights", str(junk), "--out", str(tmp_path / "r.json")],
+                     capsys)
+    assert code == 1
+    error_line(err, str(junk))
+    assert "weights_only" not in err
+
+
+def test_debug_shows_the_traceback(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["predict", str(empty), "--weights", str(weights), "--out", str(tmp_path / "r.json")]
+    code, err = _run(["--debug", *args], capsys)
+    assert code == 1 and "Traceback" in err and str(empty) in err.splitlines()[-1]
+    code, err = _run([*args, "--debug"], capsys)
+    assert code == 1 and "Traceback" in err
+
+
+def test_device_cuda_without_a_gpu_is_a_usage_error(weights: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    image = _photo(tmp_path / "a.png")
+    code, err = _run(["predict", str(image), "--weights", str(weights), "--device", "cuda"], capsys)
+    assert code == 2
+    error_line(err, "--device cuda")
+
+
+def test_python_dash_m_maskrcnn(weights: Path, tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "maskrcnn", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "predict" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "maskrcnn", "predict", str(tmp_path / "nothing"),
+                          "--weights", str(weights)], capture_output=True, text=True)
+    assert run.returncode == 1
+    error_line(run.stderr, "nothing")

@@ -46,3 +46,12 @@ def test_preset_trains_and_predicts_on_a_small_image(name: str) -> None:
     assert det.boxes.shape[0] == det.scores.shape[0] == det.labels.shape[0]
     if det.masks is not None:
         assert det.masks.shape == (len(det), 64, 96)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_builds_and_prints(name: str) -> None:
+    with torch.device("meta"):
+        model = build_model(PRESETS[name].model)
+    text = repr(model)
+    assert text.startswith("MaskRCNN(")
+    assert "FrozenBatchNorm2d(" in text or "GroupNorm(" in text

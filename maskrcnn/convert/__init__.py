@@ -22,6 +22,7 @@ import collections
 import importlib
 import os
 import pickle
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -109,8 +110,20 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    """The first line of an error, without torch's advice to turn off ``weights_only`` (unsafe)."""
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        # torch's message advises weights_only=False, which would run code from the file:
+        # keep only what the safe unpickler objected to.
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = found.group(1).strip() if found else ""
+        if reason.startswith("Unsupported global"):
+            name = re.search(r"GLOBAL (\S+)", reason)
+            return (f"it holds Python objects besides tensors ({name.group(1) if name else 'a class'}), "
+                    "which are not loaded because unpickling them could run code from the file")
+        return f"not a weights file ({reason.rstrip('.') or 'unreadable'})"
+    lines = text.splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def _is_safetensors(path: Path, head: bytes, size: int) -> bool:
@@ -155,7 +168,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     except Exception as e:
         torch_error = e
     if head.startswith(_ZIP_MAGIC):  # a torch file, damaged or holding more than weights
-        raise CheckpointError(path, f"cannot read checkpoint: {type(torch_error).__name__}: {torch_error}")
+        raise CheckpointError(path, f"cannot read checkpoint: {_short(torch_error)}")
     try:
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f).load()
@@ -233,7 +246,7 @@ def _architecture(cfg: ModelConfig) -> str:
     heads = "box and mask heads" if cfg.mask_head is not None else "box head, no mask head"
     if cfg.keypoint_head is not None:
         heads += f", {cfg.keypoint_head.num_keypoints}-keypoint head"
-    return f"{net} FPN, {cfg.num_classes} classes, {heads}"
+    return f"{net} {cfg.architecture.upper()}, {cfg.num_classes} classes, {heads}"
 
 
 def load_checkpoint(

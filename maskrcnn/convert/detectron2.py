@@ -1,11 +1,19 @@
-"""Detectron2 ``GeneralizedRCNN`` (R-CNN FPN, with or without masks) weights -> ours.
+"""Detectron2 ``GeneralizedRCNN`` weights (FPN, C4 or DC5; with or without masks) -> ours.
 
 Detectron2's model zoo ships ``.pkl`` files, a pickle of ``{"model": {name:
 numpy array}, "__author__": ..., ...}``; its trainer writes ``.pth`` files,
 ``torch.save`` of ``{"model": {name: tensor}, "optimizer": ..., ...}``. Names
-follow its modules: ``backbone.bottom_up.res{2..5}`` are our
-``backbone.body.layer{1..4}`` (each conv carries its norm as ``.norm``),
-``backbone.fpn_lateral{2..5}`` our ``backbone.fpn.lateral.{0..3}``.
+follow its modules: ``backbone.bottom_up.res{2..5}`` (FPN) or
+``backbone.res{2..5}`` (C4, DC5) are our ``backbone.body.layer{1..4}`` (each
+conv carries its norm as ``.norm``), ``backbone.fpn_lateral{2..5}`` our
+``backbone.fpn.lateral.{0..3}``, and the C4 RoI head's ``roi_heads.res5``
+our ``roi_shared``.
+
+The architecture is read off the names, since the file carries no config:
+FPN has ``backbone.bottom_up.*`` and ``backbone.fpn_*``; C4 (``Res5ROIHeads``)
+has ``roi_heads.res5.*`` and a backbone up to res4; DC5 has a bare ResNet
+backbone with ``backbone.res5.*``. (A plain, undilated C5 model would have the
+same tensors as DC5; the model zoo has none.)
 
 Class slots: Detectron2's classifier puts background LAST (``K + 1`` rows,
 background at row ``K``); ours puts it first, so its rows are rotated by
@@ -27,7 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from maskrcnn.config import ModelConfig, detectron2_r50_fpn
+from maskrcnn.config import (
+    Architecture,
+    ModelConfig,
+    detectron2_r50_c4,
+    detectron2_r50_dc5,
+    detectron2_r50_fpn,
+)
 from maskrcnn.convert.shapes import infer_config, rename_state
 
 Transform = Callable[[Tensor], Tensor]
@@ -43,20 +57,32 @@ def _background_first(t: Tensor) -> Tensor:
 _INDEX_OFFSETS = {"stage": -1, "level": -2, "conv": -1}
 _NORM = r"(?P<t>weight|bias|running_mean|running_var)"
 _P = r"(?P<t>weight|bias)"
-_BLOCK = r"backbone\.bottom_up\.res(?P<stage>[2-5])\.(?P<i>\d+)\."
+# FPN models nest the ResNet as ``backbone.bottom_up``; C4 and DC5 models are the bare ResNet.
+_BLOCK = r"backbone\.(?:bottom_up\.)?res(?P<stage>[2-5])\.(?P<i>\d+)\."
 _LAYER = "backbone.body.layer{stage}.{i}"
+# C4: res5 runs per RoI, inside the RoI heads.
+_RES5_HEAD = r"roi_heads\.res5\.(?P<i>\d+)\."
+_SHARED = "roi_shared.{i}"
+
+
+def _block_rules(block: str, ours: str) -> list[tuple[str, str, Transform | None]]:
+    """A bottleneck block's convs, norms and projection shortcut."""
+    return [
+        (rf"{block}conv(?P<j>[1-3])\.weight", ours + ".conv{j}.weight", None),
+        (rf"{block}conv(?P<j>[1-3])\.norm\.{_NORM}", ours + ".bn{j}.{t}", None),
+        (rf"{block}shortcut\.weight", ours + ".downsample.0.weight", None),
+        (rf"{block}shortcut\.norm\.{_NORM}", ours + ".downsample.1.{t}", None),
+    ]
 
 # (pattern over Detectron2's name, our name as a format string over the
 # pattern's groups, transform of the value).
 _RULES: list[tuple[re.Pattern[str], str, Transform | None]] = [
     (re.compile(p), r, t)
     for p, r, t in [
-        (r"backbone\.bottom_up\.stem\.conv1\.weight", "backbone.body.conv1.weight", None),
-        (rf"backbone\.bottom_up\.stem\.conv1\.norm\.{_NORM}", "backbone.body.bn1.{t}", None),
-        (rf"{_BLOCK}conv(?P<j>[1-3])\.weight", _LAYER + ".conv{j}.weight", None),
-        (rf"{_BLOCK}conv(?P<j>[1-3])\.norm\.{_NORM}", _LAYER + ".bn{j}.{t}", None),
-        (rf"{_BLOCK}shortcut\.weight", _LAYER + ".downsample.0.weight", None),
-        (rf"{_BLOCK}shortcut\.norm\.{_NORM}", _LAYER + ".downsample.1.{t}", None),
+        (r"backbone\.(?:bottom_up\.)?stem\.conv1\.weight", "backbone.body.conv1.weight", None),
+        (rf"backbone\.(?:bottom_up\.)?stem\.conv1\.norm\.{_NORM}", "backbone.body.bn1.{t}", None),
+        *_block_rules(_BLOCK, _LAYER),
+        *_block_rules(_RES5_HEAD, _SHARED),
         (rf"backbone\.fpn_lateral(?P<level>[2-5])\.{_P}", "backbone.fpn.lateral.{level}.{t}", None),
         (rf"backbone\.fpn_output(?P<level>[2-5])\.{_P}", "backbone.fpn.output.{level}.{t}", None),
         (rf"proposal_generator\.rpn_head\.conv\.{_P}", "rpn.head.conv.{t}", None),
@@ -85,7 +111,43 @@ RESNEXT_PIXEL_STD = (57.375, 57.120, 58.395)
 
 def matches(keys: Iterable[str]) -> bool:
     """Whether these state-dict keys look like a Detectron2 R-CNN."""
-    return any(k.startswith(("backbone.bottom_up.", "proposal_generator.rpn_head.")) for k in keys)
+    return any(
+        k.startswith(("backbone.bottom_up.", "proposal_generator.rpn_head.", "roi_heads.res5.")) for k in keys
+    )
+
+
+# What marks each architecture's state dict (Detectron2's names).
+_MARKS: dict[str, tuple[str, ...]] = {
+    "fpn": ("backbone.bottom_up.", "backbone.fpn_"),
+    "c4": ("roi_heads.res5.",),
+    "dc5": ("backbone.res5.",),
+}
+
+
+def detect_architecture(keys: Iterable[str]) -> Architecture | None:
+    """``"fpn"``, ``"c4"`` or ``"dc5"`` from a Detectron2 state dict's names; None when none is marked.
+
+    Raises ValueError when the names mark more than one (tensors of several
+    models mixed in one file).
+    """
+    found: dict[str, str] = {}
+    for key in keys:
+        for arch, prefixes in _MARKS.items():
+            if arch not in found and key.startswith(prefixes):
+                found[arch] = key
+    if len(found) > 1:
+        marks = "; ".join(f"{a.upper()}: {', '.join(p + '*' for p in ps)}" for a, ps in _MARKS.items())
+        seen = ", ".join(f"{a.upper()} ({k})" for a, k in found.items())
+        raise ValueError(
+            f"this Detectron2 state dict mixes the tensors of several architectures: {seen}; "
+            f"a model has the tensors of exactly one ({marks})"
+        )
+    return next(iter(found), None)  # type: ignore[return-value]
+
+
+_BASES: dict[str, Callable[[], ModelConfig]] = {
+    "fpn": detectron2_r50_fpn, "c4": detectron2_r50_c4, "dc5": detectron2_r50_dc5,
+}
 
 
 def _rename(name: str) -> tuple[str, Transform | None]:
@@ -108,17 +170,21 @@ def _ignored(name: str) -> bool:
 def convert(state: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, Tensor]]:
     """Our config and state dict from a Detectron2 model state dict (numpy arrays or tensors).
 
-    The config starts from ``detectron2_r50_fpn()``; depth, ResNeXt width,
-    class count and mask head presence come from the tensors, and ResNeXt
-    backbones get the Caffe2 stride placement and pixel std of Detectron2's
-    ResNeXt configs. Raises ValueError for keypoint models.
+    The architecture (FPN, C4, DC5) comes from the names and picks the config
+    to start from (``detectron2_r50_fpn``, ``_c4``, ``_dc5``: the model zoo's
+    configs); depth, ResNeXt width, class count and mask head come from the
+    tensors, and ResNeXt backbones get the Caffe2 stride placement and pixel
+    std of Detectron2's ResNeXt configs. Raises ValueError for keypoint models
+    and for names that mark several architectures.
     """
     if any(k.startswith("roi_heads.keypoint_head.") for k in state):
         raise ValueError(
             "this is a Detectron2 keypoint R-CNN checkpoint: keypoint checkpoints are not supported yet"
         )
+    # Names of no known architecture are read as FPN's, so that the error lists every misfit.
+    architecture = detect_architecture(state) or "fpn"
     out = rename_state(state, _rename, _ignored)
-    cfg = infer_config(detectron2_r50_fpn(), out)
+    cfg = infer_config(_BASES[architecture](), out)
     if cfg.backbone.groups > 1:
         cfg = cfg.replace(
             backbone=dataclasses.replace(cfg.backbone, stride_in_1x1=False),

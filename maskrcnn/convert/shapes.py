@@ -89,7 +89,8 @@ def as_tensor(name: str, value: Any) -> Tensor:
 # ---------------------------------------------------------------------------
 # Config inference for checkpoints that carry no config.
 
-_BLOCK = re.compile(r"backbone\.body\.layer([1-4])\.(\d+)\.")
+# A ResNet block: in the backbone, or (C4) res5 run per RoI as ``roi_shared``.
+_BLOCK = re.compile(r"(?:backbone\.body\.layer([1-4])|roi_shared)\.(\d+)\.")
 
 
 def _shape(state: Mapping[str, Any], name: str) -> Shape | None:
@@ -102,8 +103,11 @@ def infer_config(base: ModelConfig, state: Mapping[str, Any]) -> ModelConfig:
 
     Read off the tensors: ResNet depth (blocks per stage), ResNeXt groups and
     width per group (the first 3x3 conv's shape), number of classes (the
-    classifier's rows minus background), whether there is a mask head, and
-    whether there is a keypoint head (with its conv widths and keypoint count).
+    classifier's rows minus background), whether there is a mask head (with
+    its conv and deconv widths), and whether there is a keypoint head (with
+    its conv widths and keypoint count). C4's per-RoI res5 (``roi_shared``)
+    counts as the backbone's last stage. The architecture (FPN, C4, DC5) is
+    ``base``'s: each peer's converter tells it from its own names.
     When the class count differs from ``base``'s, class names and category
     ids become generic (``class_1``.., ids 1..K). Lenient on missing tensors
     (they keep ``base``'s value; ``compare_state`` reports them); raises
@@ -114,7 +118,8 @@ def infer_config(base: ModelConfig, state: Mapping[str, Any]) -> ModelConfig:
     for name in state:
         m = _BLOCK.match(name)
         if m:
-            blocks[int(m.group(1)) - 1].add(int(m.group(2)))
+            stage = int(m.group(1)) if m.group(1) else 4  # roi_shared is res5
+            blocks[stage - 1].add(int(m.group(2)))
     counts = tuple(len(s) for s in blocks)
     if any(counts):
         depth = next((d for d, c in RESNET_BLOCKS.items() if c == counts), None)
@@ -139,12 +144,41 @@ def infer_config(base: ModelConfig, state: Mapping[str, Any]) -> ModelConfig:
             names = tuple(f"class_{i}" for i in range(1, k + 1))
             cfg = cfg.replace(num_classes=k, class_names=names, category_ids=tuple(range(1, k + 1)))
 
-    has_mask = any(name.startswith("mask_head.") for name in state)
-    if not has_mask:
-        cfg = cfg.replace(mask_head=None)
-    elif cfg.mask_head is None:
-        cfg = cfg.replace(mask_head=MaskHeadConfig())
-    return cfg.replace(keypoint_head=_keypoint_head(cfg.keypoint_head, state))
+    return cfg.replace(
+        mask_head=_mask_head(cfg.mask_head, state), keypoint_head=_keypoint_head(cfg.keypoint_head, state)
+    )
+
+
+_MASK_CONV = re.compile(r"mask_head\.convs\.(\d+)\.weight")
+
+
+def _mask_head(base: MaskHeadConfig | None, state: Mapping[str, Any]) -> MaskHeadConfig | None:
+    """The mask head ``state`` holds, or None: its conv widths and deconv width off the tensors.
+
+    FPN and DC5 models have 4 convs of 256 before the deconv; C4 models none
+    (the deconv reads res5's 2048 channels and writes 256).
+    """
+    if not any(name.startswith("mask_head.") for name in state):
+        return None
+    head = base or MaskHeadConfig()
+    deconv = _shape(state, "mask_head.deconv.weight")
+    if deconv is None or len(deconv) != 4:
+        return head  # too little to go on; compare_state reports what is missing
+    conv_dims = _conv_widths(state, _MASK_CONV)
+    # ConvTranspose2d weights are (in, out, k, k); None: as wide as the last conv.
+    deconv_dim = None if conv_dims and deconv[1] == conv_dims[-1] else deconv[1]
+    return dataclasses.replace(head, conv_dims=conv_dims, deconv_dim=deconv_dim)
+
+
+def _conv_widths(state: Mapping[str, Any], pattern: re.Pattern[str]) -> tuple[int, ...]:
+    """Output channels of the convs whose weight names match ``pattern`` (group 1: the index), in order."""
+    convs = {}
+    for name in state:
+        m = pattern.fullmatch(name)
+        shape = _shape(state, name)
+        if m and shape:
+            convs[int(m.group(1))] = shape[0]
+    return tuple(convs[i] for i in sorted(convs))
 
 
 _KEYPOINT_CONV = re.compile(r"keypoint_head\.convs\.(\d+)\.weight")
@@ -159,14 +193,9 @@ def _keypoint_head(base: KeypointHeadConfig | None, state: Mapping[str, Any]) ->
     if not any(name.startswith("keypoint_head.") for name in state):
         return None
     head = base or KeypointHeadConfig()
-    convs = {}
-    for name in state:
-        m = _KEYPOINT_CONV.fullmatch(name)
-        shape = _shape(state, name)
-        if m and shape:
-            convs[int(m.group(1))] = shape[0]
-    if convs:
-        head = dataclasses.replace(head, conv_dims=tuple(convs[i] for i in sorted(convs)))
+    conv_dims = _conv_widths(state, _KEYPOINT_CONV)
+    if conv_dims:
+        head = dataclasses.replace(head, conv_dims=conv_dims)
     # ConvTranspose2d weights are (in, out, k, k): one output channel per keypoint.
     weight = _shape(state, "keypoint_head.predictor.weight")
     bias = _shape(state, "keypoint_head.predictor.bias")

@@ -25,6 +25,11 @@ flip the left eye is where the right one was. Unlabelled keypoints
 Randomness comes only from the ``rng`` passed in (a ``torch.Generator`` or a
 ``numpy.random.Generator``), drawn in a fixed order (size index, then flip),
 so a transform is a pure function of the sample and the rng's state.
+
+Images without instances (``M = 0``: unannotated, crowd-only, or whose
+annotations were all invalid) go through the same steps and give ``Targets``
+with ``(0, 4)`` boxes, ``(0, h, w)`` masks and ``(0, P, 3)`` keypoints: a
+negative for every stage of training.
 """
 
 from __future__ import annotations
@@ -85,8 +90,7 @@ def _transform(
     crowd = _scale_boxes(ann.crowd_boxes, scale_x, scale_y)
     masks = None
     if ann.masks is not None:
-        # (M, H, W) -> (1, M, H, W) for interpolate, which resizes the last two dims.
-        masks = F.interpolate(ann.masks[None].to(torch.uint8), size=(h, w), mode="nearest-exact")[0]
+        masks = resize_masks(ann.masks, h, w)
     keypoints = None
     if ann.keypoints is not None:
         keypoints = ann.keypoints.to(torch.float32).clone()
@@ -110,6 +114,15 @@ def _transform(
     return image.contiguous(), targets
 
 
+def resize_masks(masks: Tensor, height: int, width: int) -> Tensor:
+    """``(M, H, W)`` masks -> ``(M, height, width)`` uint8 by nearest pixel centre (``M`` may be 0)."""
+    if masks.shape[0] == 0:
+        # interpolate refuses empty batches; an image without instances has none to resize.
+        return torch.zeros((0, height, width), dtype=torch.uint8, device=masks.device)
+    # (M, H, W) -> (1, M, H, W) for interpolate, which resizes the last two dims.
+    return F.interpolate(masks[None].to(torch.uint8), size=(height, width), mode="nearest-exact")[0]
+
+
 def _scale_boxes(boxes: Tensor, scale_x: float, scale_y: float) -> Tensor:
     """``(B, 4)`` XYXY boxes scaled per axis (a new float32 tensor)."""
     factors = torch.tensor([scale_x, scale_y, scale_x, scale_y], dtype=torch.float32)
@@ -131,6 +144,11 @@ def flip_keypoints(keypoints: Tensor, width: int, flip_pairs: Sequence[tuple[int
     flipped[..., 0] = torch.where(labelled, width - flipped[..., 0], flipped[..., 0])
     order = list(range(keypoints.shape[1]))
     for left, right in flip_pairs:
+        if not (0 <= left < len(order) and 0 <= right < len(order)):
+            raise ValueError(
+                f"keypoint flip pair ({left}, {right}) is out of range for {len(order)} keypoints per "
+                f"instance: the dataset's keypoints are not the model's"
+            )
         order[left], order[right] = right, left
     return flipped[:, order]
 

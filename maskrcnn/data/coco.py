@@ -25,16 +25,36 @@ Conventions:
   boxes (a keypoint at pixel index 0 sits at 0.5, the pixel's centre), as
   Detectron2 does. Unlabelled ones stay ``(0, 0, 0)``. Whoever writes
   keypoint results back to COCO JSON subtracts the 0.5 again.
-- Images without annotations are kept as negatives (``drop_empty=True``
-  drops images left with no instance).
+- Images without instances are kept as negatives (``M = 0``: unannotated,
+  crowd-only, or whose annotations were all invalid; a file without an
+  ``annotations`` list has only negatives). ``drop_empty=True`` drops images
+  left with no instance.
+- The categories define the classes, so a file with no categories is a
+  :class:`DatasetError` (a model needs at least one class).
 
-Validation happens once, in the constructor. Problems are skipped and
-counted in :attr:`CocoDataset.report` (a :class:`DatasetReport`, up to five
-examples per kind with file name and annotation id), never raised mid-epoch:
-missing image files (the image is dropped), annotations of unknown image ids
-or unknown category ids, degenerate boxes (width or height <= 0 after
-clipping), polygons of fewer than 3 points (dropped; the annotation too when
-no part is left), malformed segmentations or keypoints.
+Validation happens once, in the constructor, so that nothing fails
+mid-epoch. The file's structure must be sound, or the constructor raises
+:class:`DatasetError` (a ``ValueError``) whose one-line message names the
+file and the problem: a file that is not JSON or not an object, ``images``
+not a list, an image entry without an integer ``id``, a ``file_name`` or
+positive integer ``height`` and ``width``, no categories, a category without
+an integer ``id`` or with a repeated one. Problems of single annotations
+are skipped and counted in :attr:`CocoDataset.report` (a
+:class:`DatasetReport`, up to five examples per kind with file name and
+annotation id): missing image files (the image is dropped), repeated image
+ids (every image of the id is dropped: its annotations cannot be placed),
+annotations that are not objects, missing, non-integer or repeated
+annotation ids, unknown image ids or category ids, ``iscrowd`` other than 0
+or 1, boxes that are not 4 finite numbers, degenerate boxes (width or
+height <= 0, or nothing left after clipping), polygons that are not lists
+of an even number of finite coordinates, of fewer than 3 points, or with
+points more than an image size outside the image (dropped; the annotation
+too when no part is left), RLE whose size is not the image's or whose runs
+do not cover exactly its ``height * width`` pixels (compressed strings are
+decoded with every step checked,
+:func:`~maskrcnn.data.validation.rle_string_counts`, since pycocotools'
+decoder reads past the end of a truncated one), and malformed keypoints
+(the instance is kept, its keypoints unlabelled).
 
 Image size: the JSON ``width``/``height`` must be the size of the image as
 :func:`~maskrcnn.data.images.load_image` returns it (EXIF orientation
@@ -60,6 +80,7 @@ import json
 import math
 import pickle
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +95,17 @@ from torch.utils.data import Dataset
 
 from ..structures import Annotations, Sample
 from .images import load_image
+from .validation import (
+    DatasetError,
+    as_int,
+    as_numbers,
+    check_rle,
+    clean_ground_truth,
+    polygon_inside,
+    short,
+)
+
+__all__ = ["CocoDataset", "DatasetError", "DatasetReport", "ImageSizeMismatchError", "Problem"]
 
 # Problem kinds reported by the datasets of this package.
 MISSING_IMAGE = "missing image file"
@@ -87,6 +119,10 @@ SHORT_POLYGON = "polygon with fewer than 3 points"
 NO_VALID_POLYGON = "no valid polygon left"
 BAD_SEGMENTATION = "malformed segmentation"
 BAD_KEYPOINTS = "malformed keypoints"
+BAD_ANNOTATION = "malformed annotation"
+BAD_ANNOTATION_ID = "missing or non-integer annotation id"
+DUPLICATE_ANNOTATION = "duplicate annotation id"
+BAD_BOX = "malformed box"
 
 _EXIF_ORIENTATION = 0x0112
 # EXIF orientations 5..8 rotate by 90 degrees (with or without a mirror): height and width swap.
@@ -107,7 +143,8 @@ class Problem:
 class DatasetReport:
     """What a dataset found while validating: problem counts per kind, a few examples each.
 
-    ``num_images``, ``num_instances`` and ``num_crowd`` count what was kept.
+    ``num_images``, ``num_instances`` and ``num_crowd`` count what was kept;
+    ``num_negatives`` the kept images without instances (they train as negatives).
     """
 
     counts: dict[str, int] = field(default_factory=dict)
@@ -115,6 +152,7 @@ class DatasetReport:
     num_images: int = 0
     num_instances: int = 0
     num_crowd: int = 0
+    num_negatives: int = 0
     max_examples: int = 5
 
     def add(self, kind: str, file_name: str, annotation_id: int | None = None, detail: str = "") -> None:
@@ -132,7 +170,9 @@ class DatasetReport:
     def summary(self) -> str:
         """Human-readable lines: what was kept, then each problem kind with its examples."""
         lines = [
-            f"{self.num_images} images, {self.num_instances} instances, {self.num_crowd} crowd regions; "
+            f"{self.num_images} images"
+            + (f" ({self.num_negatives} without instances: negatives)" if self.num_negatives else "")
+            + f", {self.num_instances} instances, {self.num_crowd} crowd regions; "
             + (f"{self.total} problems skipped" if self.total else "no problems")
         ]
         for kind in sorted(self.counts):
@@ -145,7 +185,7 @@ class DatasetReport:
         return "\n".join(lines)
 
 
-class ImageSizeMismatchError(ValueError):
+class ImageSizeMismatchError(DatasetError):
     """An image read from disk does not have the size its annotations were made for."""
 
 
@@ -218,33 +258,43 @@ class CocoDataset(Dataset[Sample]):
         self.json_path = Path(json_path)
         self.image_dir = Path(image_dir)
         self.report = DatasetReport()
-        data = json.loads(self.json_path.read_text())
         self._coco: COCO | None = None
+        data = _read_json(self.json_path)
+        images_list, annotations = self._top_level(data)
+        self._categories(data.get("categories"))
 
-        categories = sorted(data.get("categories", []), key=lambda c: int(c["id"]))
-        self.category_ids: tuple[int, ...] = tuple(int(c["id"]) for c in categories)
-        self.class_names: tuple[str, ...] = tuple(str(c.get("name", c["id"])) for c in categories)
-        if len(set(self.category_ids)) != len(self.category_ids):
-            raise ValueError(f"{self.json_path}: duplicate category ids {self.category_ids}")
-        self._label_of = {cid: label for label, cid in enumerate(self.category_ids)}
-        # Keypoint names come from the categories (COCO person has 17); when no
-        # category lists them, the annotations decide how many there are.
-        self.keypoint_names: tuple[str, ...] = next(
-            (tuple(c["keypoints"]) for c in categories if c.get("keypoints")), ()
+        # When no category names keypoints, the annotations decide how many
+        # there are: the most common length of their keypoint lists.
+        lengths = Counter(
+            len(a["keypoints"]) // 3
+            for a in annotations
+            if isinstance(a, dict) and isinstance(a.get("keypoints"), list) and a["keypoints"]
+            and len(a["keypoints"]) % 3 == 0
         )
-        num_keypoints = len(self.keypoint_names) or next(
-            (len(a["keypoints"]) // 3 for a in data.get("annotations", []) if a.get("keypoints")), 0
-        )
+        num_keypoints = len(self.keypoint_names) or (lengths.most_common(1)[0][0] if lengths else 0)
 
-        images = self._validate_images(data.get("images", []), check_sizes)
+        images, known_ids = self._validate_images(images_list, check_sizes)
         by_image: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in images}
-        known_ids = {int(im["id"]) for im in data.get("images", []) if "id" in im}
-        for ann in data.get("annotations", []):
-            image_id = int(ann.get("image_id", -1))
-            if image_id in by_image:
+        seen_annotations: set[int] = set()
+        for ann in annotations:
+            if not isinstance(ann, dict):
+                self.report.add(BAD_ANNOTATION, "", None, f"annotation is a {_json_type(ann)}, not an object")
+                continue
+            ann_id = as_int(ann.get("id"))
+            if ann_id is None:
+                self.report.add(BAD_ANNOTATION_ID, "", None, f"annotation id {short(ann.get('id'))}")
+                continue
+            if ann_id in seen_annotations:
+                self.report.add(DUPLICATE_ANNOTATION, "", ann_id, "annotation id appears again; skipped")
+                continue
+            seen_annotations.add(ann_id)
+            image_id = as_int(ann.get("image_id"))
+            if image_id is not None and image_id in by_image:
                 by_image[image_id].append(ann)
-            elif image_id not in known_ids:
-                self.report.add(UNKNOWN_IMAGE, "", ann.get("id"), f"image_id {image_id} is not in 'images'")
+            elif image_id is None or image_id not in known_ids:
+                self.report.add(
+                    UNKNOWN_IMAGE, "", ann_id, f"image_id {short(ann.get('image_id'))} is not in 'images'"
+                )
             # else: the image was dropped (missing file...); reported once, for the image.
 
         records = []
@@ -255,6 +305,7 @@ class CocoDataset(Dataset[Sample]):
             records.append(record)
             self.report.num_instances += len(record.labels)
             self.report.num_crowd += len(record.crowd_boxes)
+            self.report.num_negatives += len(record.labels) == 0
         self.report.num_images = len(records)
         self.image_ids: list[int] = [r.image_id for r in records]
         self.file_names: list[str] = [r.file_name for r in records]
@@ -305,12 +356,19 @@ class CocoDataset(Dataset[Sample]):
     def coco(self) -> COCO:
         """The ground truth as a pycocotools ``COCO`` object, read from ``json_path`` on first use.
 
-        It is the whole file, problems included; evaluate on ``image_ids``
-        (the images this dataset kept) through ``COCOeval.params.imgIds``.
+        It is the whole file less the annotations ``COCOeval`` cannot score
+        (:func:`~maskrcnn.data.validation.clean_ground_truth`); evaluate on
+        ``image_ids`` (the images this dataset kept) through ``COCOeval.params.imgIds``.
         """
         if self._coco is None:
-            with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
-                self._coco = COCO(str(self.json_path))
+            data = _read_json(self.json_path)
+            data.setdefault("annotations", [])
+            clean_ground_truth(data, str(self.json_path))
+            coco = COCO()
+            coco.dataset = data
+            with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+                coco.createIndex()
+            self._coco = coco
         return self._coco
 
     def __getstate__(self) -> dict[str, Any]:
@@ -320,42 +378,125 @@ class CocoDataset(Dataset[Sample]):
 
     # -------------------------------------------------------------- validation
 
-    def _validate_images(self, entries: list[dict[str, Any]], check_sizes: bool) -> dict[int, dict[str, Any]]:
-        """Image id -> {file_name, height, width} for images that can be read."""
+    def _top_level(self, data: Any) -> tuple[list[Any], list[Any]]:
+        """The ``images`` and ``annotations`` lists; ``DatasetError`` when the file is not a COCO object.
+
+        A file without ``annotations`` has only negatives.
+        """
+        if not isinstance(data, dict):
+            raise DatasetError(
+                f"{self.json_path}: expected a COCO object with 'images', 'annotations' and 'categories', "
+                f"got a JSON {_json_type(data)}"
+            )
+        images = data.get("images")
+        if not isinstance(images, list):
+            what = "no 'images' list" if images is None else f"'images' is a {_json_type(images)}, not a list"
+            raise DatasetError(f"{self.json_path}: not a COCO instances file: {what}")
+        annotations = data.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise DatasetError(
+                f"{self.json_path}: 'annotations' is a {_json_type(annotations)}, not a list"
+            )
+        return images, annotations
+
+    def _categories(self, entries: Any) -> None:
+        """Set ``category_ids``, ``class_names``, the label map and ``keypoint_names``.
+
+        The categories define the classes a model learns, so a file without
+        any is a ``DatasetError`` (a file with categories and no annotations
+        is not: all its images are negatives), as is a category without an
+        integer ``id``, a repeated id, or ``keypoints`` that are not a list of names.
+        """
+        if entries is None or (isinstance(entries, list) and not entries):
+            raise DatasetError(
+                f"{self.json_path}: no categories: a dataset must list at least one category "
+                f"(the classes a model learns), even if no image is annotated"
+            )
+        if not isinstance(entries, list):
+            raise DatasetError(f"{self.json_path}: 'categories' is a {_json_type(entries)}, not a list")
+        by_id: dict[int, dict[str, Any]] = {}
+        for position, category in enumerate(entries):
+            cid = as_int(category.get("id")) if isinstance(category, dict) else None
+            if cid is None:
+                raise DatasetError(f"{self.json_path}: category {position} has no integer 'id'")
+            if cid in by_id:
+                raise DatasetError(f"{self.json_path}: category id {short(cid)} appears twice")
+            names = category.get("keypoints")
+            if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+                raise DatasetError(
+                    f"{self.json_path}: category {short(cid)}: 'keypoints' is not a list of names"
+                )
+            by_id[cid] = category
+        self.category_ids: tuple[int, ...] = tuple(sorted(by_id))
+        self.class_names: tuple[str, ...] = tuple(str(by_id[c].get("name", c)) for c in self.category_ids)
+        self._label_of = {cid: label for label, cid in enumerate(self.category_ids)}
+        # Keypoint names come from the categories (COCO person has 17).
+        self.keypoint_names: tuple[str, ...] = next(
+            (tuple(by_id[c]["keypoints"]) for c in self.category_ids if by_id[c].get("keypoints")), ()
+        )
+
+    def _validate_images(
+        self, entries: list[Any], check_sizes: bool
+    ) -> tuple[dict[int, dict[str, Any]], set[int]]:
+        """Image id -> {file_name, height, width} for images that can be read, and all ids listed.
+
+        An entry that is not an object, or lacks an integer ``id``, a
+        ``file_name`` or positive integer ``height`` and ``width``, is a
+        ``DatasetError``: without them no annotation can be placed.
+        """
         images: dict[int, dict[str, Any]] = {}
-        for entry in entries:
-            image_id, file_name = int(entry["id"]), str(entry["file_name"])
-            if image_id in images:
-                self.report.add(DUPLICATE_IMAGE, file_name, None, f"image id {image_id} appears again")
+        listed: set[int] = set()
+        repeated: set[int] = set()
+        for position, entry in enumerate(entries):
+            where = f"{self.json_path}: image entry {position}"
+            if not isinstance(entry, dict):
+                raise DatasetError(f"{where} is a {_json_type(entry)}, not an object")
+            image_id = as_int(entry.get("id"))
+            if image_id is None:
+                raise DatasetError(f"{where} has no integer 'id' (got {short(entry.get('id'))})")
+            file_name = entry.get("file_name")
+            if not isinstance(file_name, str) or not file_name:
+                raise DatasetError(f"{where} (id {short(image_id)}) has no 'file_name'")
+            height, width = as_int(entry.get("height")), as_int(entry.get("width"))
+            if height is None or width is None or height <= 0 or width <= 0:
+                raise DatasetError(
+                    f"{where} ({short(file_name)}) needs positive integer 'height' and 'width', "
+                    f"got {short(entry.get('height'))} and {short(entry.get('width'))}"
+                )
+            if image_id in listed:
+                detail = f"image id {short(image_id)} appears again: every image of it dropped"
+                self.report.add(DUPLICATE_IMAGE, file_name, None, detail)
+                repeated.add(image_id)
                 continue
+            listed.add(image_id)
             path = self.image_dir / file_name
-            if not path.is_file():
+            try:
+                exists = path.is_file()
+            except (OSError, ValueError):  # a name the file system cannot hold (a NUL byte...)
+                exists = False
+            if not exists:
                 self.report.add(MISSING_IMAGE, file_name, None, f"{path} does not exist")
                 continue
-            size = (entry.get("height"), entry.get("width"))
-            if check_sizes or None in size:
+            if check_sizes:
                 try:
                     actual = read_image_size(path)
-                except OSError as exc:
+                except (OSError, Image.DecompressionBombError) as exc:
                     self.report.add(UNREADABLE_IMAGE, file_name, None, str(exc))
                     continue
-                if None in size:
-                    size = actual
-                elif tuple(int(s) for s in size) != actual:
+                if (height, width) != actual:
                     self.report.add(
                         SIZE_MISMATCH,
                         file_name,
                         None,
-                        f"JSON says {size[0]}x{size[1]} (HxW), image is {actual[0]}x{actual[1]}",
+                        f"JSON says {short(height)}x{short(width)} (HxW), image is {actual[0]}x{actual[1]}",
                     )
                     continue
             images[image_id] = {
-                "image_id": image_id,
-                "file_name": file_name,
-                "height": int(size[0]),
-                "width": int(size[1]),
+                "image_id": image_id, "file_name": file_name, "height": height, "width": width
             }
-        return images
+        for image_id in repeated:  # which of them an annotation belongs to cannot be told
+            images.pop(image_id, None)
+        return images, listed
 
     def _validate_annotations(
         self, info: dict[str, Any], annotations: list[dict[str, Any]], num_keypoints: int
@@ -363,20 +504,30 @@ class CocoDataset(Dataset[Sample]):
         h, w, file_name = info["height"], info["width"], info["file_name"]
         boxes, labels, segmentations, keypoints, crowd = [], [], [], [], []
         for ann in annotations:
-            ann_id = ann.get("id")
-            category = ann.get("category_id")
-            if category not in self._label_of:
-                self.report.add(UNKNOWN_CATEGORY, file_name, ann_id, f"category_id {category}")
+            ann_id = as_int(ann.get("id"))
+            category = as_int(ann.get("category_id"))
+            if category is None or category not in self._label_of:
+                detail = f"category_id {short(ann.get('category_id'))}"
+                self.report.add(UNKNOWN_CATEGORY, file_name, ann_id, detail)
                 continue
-            is_crowd = bool(ann.get("iscrowd", 0))
+            crowd_flag = ann.get("iscrowd", 0)
+            if not isinstance(crowd_flag, (int, float)) or crowd_flag not in (0, 1):
+                detail = f"iscrowd {short(crowd_flag)} is not 0 or 1"
+                self.report.add(BAD_ANNOTATION, file_name, ann_id, detail)
+                continue
+            is_crowd = bool(crowd_flag)
             segmentation: Any = None
             if not is_crowd:
                 ok, segmentation = self._check_segmentation(ann.get("segmentation"), h, w, file_name, ann_id)
                 if not ok:
                     continue
-            box = _xyxy_box(ann.get("bbox"), segmentation, h, w)
+            bbox = ann.get("bbox")
+            if bbox is not None and (not isinstance(bbox, list) or len(bbox) != 4 or not as_numbers(bbox)):
+                self.report.add(BAD_BOX, file_name, ann_id, f"bbox {short(bbox)} is not 4 finite numbers")
+                continue
+            box = _xyxy_box(bbox, segmentation, h, w)
             if box is None:
-                self.report.add(DEGENERATE_BOX, file_name, ann_id, f"bbox {ann.get('bbox')} in {w}x{h} image")
+                self.report.add(DEGENERATE_BOX, file_name, ann_id, f"bbox {short(bbox)} in {w}x{h} image")
                 continue
             if is_crowd:
                 crowd.append(box)
@@ -403,71 +554,98 @@ class CocoDataset(Dataset[Sample]):
     def _check_segmentation(
         self, segmentation: Any, h: int, w: int, file_name: str, ann_id: int | None
     ) -> tuple[bool, Any]:
-        """``(keep the annotation, cleaned segmentation or None)``; reports what it drops."""
+        """``(keep the annotation, cleaned segmentation or None)``; reports what it drops.
+
+        Polygons need an even number (at least 6) of finite coordinates within
+        one image size of the image (``validation.POLYGON_MARGIN``); RLE must be of the
+        image's size and cover exactly its pixels (``check_rle``).
+        """
         if segmentation is None or (isinstance(segmentation, list) and not segmentation):
             return True, None  # no segmentation: the box becomes the mask
         if isinstance(segmentation, list):
             parts = []
             for part in segmentation:
-                if not isinstance(part, list) or len(part) % 2 or not all(_finite(v) for v in part):
+                numbers = as_numbers(part)
+                if numbers is None or len(numbers) % 2:
                     self.report.add(
                         BAD_SEGMENTATION, file_name, ann_id, "polygon is not a list of x, y pairs"
                     )
-                elif len(part) < 6:
-                    self.report.add(SHORT_POLYGON, file_name, ann_id, f"{len(part) // 2} points")
+                elif len(numbers) < 6:
+                    self.report.add(SHORT_POLYGON, file_name, ann_id, f"{len(numbers) // 2} points")
+                elif not polygon_inside(numbers, h, w):
+                    self.report.add(
+                        BAD_SEGMENTATION, file_name, ann_id, f"polygon point far outside the {w}x{h} image"
+                    )
                 else:
-                    parts.append([float(v) for v in part])
+                    parts.append(numbers)
             if not parts:
                 self.report.add(NO_VALID_POLYGON, file_name, ann_id, "annotation dropped")
                 return False, None
             return True, parts
         if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-            size = [int(s) for s in segmentation["size"]]
-            counts = segmentation["counts"]
-            if size != [h, w]:
-                self.report.add(BAD_SEGMENTATION, file_name, ann_id, f"RLE size {size} in a {h}x{w} image")
+            clean, problem = check_rle(segmentation, h, w)
+            if clean is None:
+                self.report.add(BAD_SEGMENTATION, file_name, ann_id, problem)
                 return False, None
-            if isinstance(counts, list):
-                if sum(counts) != h * w:
-                    self.report.add(BAD_SEGMENTATION, file_name, ann_id, f"RLE counts sum to {sum(counts)}")
-                    return False, None
-                return True, {"size": size, "counts": [int(c) for c in counts]}
-            if isinstance(counts, (str, bytes)):
-                return True, {
-                    "size": size,
-                    "counts": counts if isinstance(counts, bytes) else counts.encode(),
-                }
+            return True, clean
         self.report.add(BAD_SEGMENTATION, file_name, ann_id, f"unrecognised {type(segmentation).__name__}")
         return False, None
 
     def _keypoints(self, values: Any, num_keypoints: int, file_name: str, ann_id: int | None) -> np.ndarray:
-        """``(P, 3)`` keypoints with labelled ones moved to continuous coordinates (+0.5)."""
+        """``(P, 3)`` keypoints with labelled ones moved to continuous coordinates (+0.5).
+
+        Keypoints that are not ``3 P`` finite numbers are reported and the
+        instance kept without them (all unlabelled).
+        """
         result = np.zeros((num_keypoints, 3), dtype=np.float32)
-        if not values:
+        if values is None or (isinstance(values, list) and not values):
             return result
-        if len(values) != 3 * num_keypoints or not all(_finite(v) for v in values):
-            self.report.add(
-                BAD_KEYPOINTS, file_name, ann_id, f"{len(values)} numbers for {num_keypoints} keypoints"
-            )
+        numbers = as_numbers(values)
+        if numbers is None or len(numbers) != 3 * num_keypoints:
+            count = len(values) if isinstance(values, list) else short(values)
+            detail = f"{count} numbers for {num_keypoints} keypoints"
+            self.report.add(BAD_KEYPOINTS, file_name, ann_id, detail)
             return result
-        result[:] = np.asarray(values, dtype=np.float32).reshape(num_keypoints, 3)
+        result[:] = np.asarray(numbers, dtype=np.float32).reshape(num_keypoints, 3)
         labelled = result[:, 2] > 0
         result[labelled, :2] += 0.5
         result[~labelled] = 0.0
         return result
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def _read_json(path: Path) -> Any:
+    """The decoded JSON of ``path``; ``DatasetError`` naming the file when it cannot be read or parsed."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such annotation file") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatasetError(f"{path}: not a JSON file ({reason})") from None
 
 
-def _xyxy_box(bbox: Any, segmentation: Any, h: int, w: int) -> list[float] | None:
-    """COCO ``[x, y, w, h]`` (or the segmentation's extent) -> XYXY clipped to the image; None if empty."""
-    if bbox is None and segmentation is not None:
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type: object, array, string, number, boolean or null."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _xyxy_box(bbox: list[Any] | None, segmentation: Any, h: int, w: int) -> list[float] | None:
+    """COCO ``[x, y, w, h]`` (or the segmentation's extent) -> XYXY clipped to the image; None if empty.
+
+    ``bbox`` is None or 4 finite numbers (checked by the caller).
+    """
+    if bbox is None:
+        if segmentation is None:
+            return None
         bbox = mask_utils.toBbox(_to_rle(segmentation, h, w)).tolist()
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_finite(v) for v in bbox):
-        return None
     x, y, bw, bh = (float(v) for v in bbox)
+    if not bw > 0 or not bh > 0:
+        return None
     x0, y0 = min(max(x, 0.0), w), min(max(y, 0.0), h)
     x1, y1 = min(max(x + bw, 0.0), w), min(max(y + bh, 0.0), h)
     if x1 - x0 <= 0 or y1 - y0 <= 0:

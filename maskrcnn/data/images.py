@@ -4,7 +4,8 @@ Everything the detector consumes from a user is turned into the same thing: a
 ``(H, W, 3)`` ``uint8`` RGB numpy array, a fresh array that never aliases the
 caller's data.
 
-- :func:`list_images` expands the command line's files and directories.
+- :func:`list_images` expands the command line's files and directories, and
+  :func:`collect_images` names each image uniquely for results.
 - :func:`load_image` reads one file. It decodes the whole image up front, so a
   truncated or corrupt file fails here with an :class:`ImageReadError` that
   names the file, rather than deep inside a batch. It applies the EXIF
@@ -28,6 +29,7 @@ Conversion rules (the same for files and in-memory images):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,6 +90,37 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such file or directory: {path}")
     return paths
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """``(path, file_name)`` of every image of the command line's files and folders.
+
+    Images come in the order of :func:`list_images`. ``file_name`` is the
+    image's path relative to the common folder of the inputs (a folder
+    argument counts as itself, a file as the folder holding it), with ``/``
+    separators: ``predict photos/`` and ``predict photos/a.jpg`` both name
+    ``a.jpg``, and ``predict a/ b/`` names ``a/x.png`` and ``b/x.png``. Two
+    different files therefore never share a name. The same file reached
+    twice (``photos/ photos/a.jpg``) raises ``ValueError`` naming it; a
+    missing path raises ``FileNotFoundError``. An empty list is returned
+    when no input holds an image; saying so is the caller's business.
+    """
+    paths = list_images(inputs)
+    if not paths:
+        return []
+    # os.path.abspath, not Path.resolve: a symlinked file keeps its own name.
+    roots = [os.path.abspath(item) if Path(item).is_dir() else os.path.dirname(os.path.abspath(item))
+             for item in inputs]
+    root = os.path.commonpath(roots)
+    items: list[tuple[Path, str]] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        name = Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
+        if name in seen:
+            raise ValueError(f"{path}: given twice (also as {seen[name]}); name each image once")
+        seen[name] = path
+        items.append((path, name))
+    return items
 
 
 def load_image(path: str | Path) -> np.ndarray:

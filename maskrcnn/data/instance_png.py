@@ -51,7 +51,10 @@ header and decodes every mask (a thread pool; about a minute for Cityscapes'
 2975 training masks): missing masks, unpaired images, unreadable files and
 image/mask size differences are reported in :attr:`InstancePngDataset.report`
 and the image is skipped. ``image_id`` is the 1-based position of the image
-among the kept ones, in sorted order.
+among the kept ones, in sorted order. A mask with no instance (all zeros,
+only crowd or ignored ids) keeps its image as a negative, as
+:class:`~maskrcnn.data.coco.CocoDataset` does: ``masks (0, H, W)``. A class
+file that cannot be used is a :class:`~maskrcnn.data.validation.DatasetError`.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ from .coco import (
     read_image_size,
 )
 from .images import IMAGE_EXTENSIONS, load_image
+from .validation import DatasetError
 
 MISSING_MASK = "missing mask"
 UNPAIRED_IMAGE = "image name without the image suffix"
@@ -96,28 +100,33 @@ class InstanceClassMap:
     """How an instance id becomes a class: read from the class file (formats in the module docstring)."""
 
     def __init__(self, spec: dict[str, Any], source: str = "class file") -> None:
+        if not isinstance(spec, dict):
+            raise DatasetError(f"{source}: expected an object with 'classes' and 'instance_to_class'")
         classes = spec.get("classes")
         if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-            raise ValueError(f"{source}: 'classes' must be a non-empty list of names")
+            raise DatasetError(f"{source}: 'classes' must be a non-empty list of names")
         if len(set(classes)) != len(classes):
-            raise ValueError(f"{source}: duplicate class names in {classes}")
+            raise DatasetError(f"{source}: duplicate class names in {classes}")
         self.classes: tuple[str, ...] = tuple(classes)
         label = {name: i for i, name in enumerate(classes)}
         rule = spec.get("instance_to_class")
 
         def labels_of(mapping: Any, what: str) -> dict[int, int]:
             if not isinstance(mapping, dict):
-                raise ValueError(f"{source}: '{what}' must be an object of id -> class name")
+                raise DatasetError(f"{source}: '{what}' must be an object of id -> class name")
             unknown = sorted({str(n) for n in mapping.values()} - set(label))
             if unknown:
-                raise ValueError(f"{source}: '{what}' names classes not in 'classes': {unknown}")
+                raise DatasetError(f"{source}: '{what}' names classes not in 'classes': {unknown}")
+            bad = sorted(str(k) for k in mapping if not str(k).isdigit())
+            if bad:
+                raise DatasetError(f"{source}: '{what}' has keys that are not instance ids: {bad}")
             return {int(k): label[v] for k, v in mapping.items()}
 
         self.kind: str
         self._labels: dict[int, int] = {}
         if rule == "single":
             if len(classes) != 1:
-                raise ValueError(f"{source}: 'single' needs exactly one class, got {classes}")
+                raise DatasetError(f"{source}: 'single' needs exactly one class, got {classes}")
             self.kind = "single"
         elif rule == "cityscapes":
             self.kind = "cityscapes"
@@ -126,13 +135,19 @@ class InstanceClassMap:
             self.kind = "explicit"
             self._labels = labels_of(rule, "instance_to_class")
         else:
-            raise ValueError(
+            raise DatasetError(
                 f'{source}: \'instance_to_class\' must be "single", "cityscapes" or an object, got {rule!r}'
             )
 
     @classmethod
     def from_file(cls, path: str | Path) -> InstanceClassMap:
-        return cls(json.loads(Path(path).read_text()), source=str(path))
+        try:
+            spec = json.loads(Path(path).read_bytes())
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot read the class file: {exc.strerror or exc}") from None
+        except (ValueError, RecursionError) as exc:
+            raise DatasetError(f"{path}: the class file is not JSON ({str(exc).splitlines()[0]})") from None
+        return cls(spec, source=str(path))
 
     def classify(self, instance_id: int) -> tuple[int, int]:
         """``(what, label)`` of a non-zero id: instance, crowd, ignore or unmapped (label -1)."""
@@ -192,6 +207,7 @@ class InstancePngDataset(Dataset[Sample]):
                 records.append(record)
                 self.report.num_instances += len(record.instance_ids)
                 self.report.num_crowd += len(record.crowd_ids)
+                self.report.num_negatives += len(record.instance_ids) == 0
         self.report.num_images = len(records)
         self.file_names: list[str] = [r.image for r in records]
         self._sizes = np.array([(r.height, r.width) for r in records], dtype=np.int64).reshape(-1, 2)

@@ -4,8 +4,9 @@ Two resize rules reproduce the two peers exactly:
 
 - ``"torchvision"``: pixels to floats in [0, 1], normalised, then bilinearly
   interpolated (``align_corners=False``); the scale is
-  ``min(min_size / short, max_size / long)`` in float32 and each side becomes
-  ``floor(side * scale)``.
+  ``min(min_size / short, max_size / long)`` in float64 and each side becomes
+  ``int(side * scale)`` (truncated), as ``F.interpolate(scale_factor=...,
+  recompute_scale_factor=True)`` computes it.
 - ``"detectron2"``: the short side goes to ``min_size`` (the long one capped
   at ``max_size``), sides rounded half up, the uint8 image resized by PIL's
   bilinear filter; then normalised.
@@ -15,8 +16,6 @@ Shapes: images ``(H, W, 3)`` uint8 RGB -> ``tensor (N, 3, H', W')`` float32,
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -37,17 +36,29 @@ def resized_size(
     ``cfg.train_min_sizes``); the long side is still capped at ``cfg.max_size``.
     """
     short_target = cfg.min_size if min_size is None else min_size
-    if cfg.resize_rule == "torchvision":
-        short = torch.tensor(float(min(height, width)))
-        long = torch.tensor(float(max(height, width)))
-        scale = torch.minimum(short_target / short, cfg.max_size / long).item()
-        return math.floor(height * scale), math.floor(width * scale)
-    scale = short_target / min(height, width)
-    h, w = (short_target, scale * width) if height < width else (scale * height, short_target)
-    if max(h, w) > cfg.max_size:
-        shrink = cfg.max_size / max(h, w)
-        h, w = h * shrink, w * shrink
-    return int(h + 0.5), int(w + 0.5)
+    match cfg.resize_rule:
+        case "torchvision":
+            # torchvision passes this Python (float64) scale to F.interpolate, which
+            # truncates side * scale to an int and then resamples by the size ratio.
+            scale = min(short_target / min(height, width), cfg.max_size / max(height, width))
+            h, w = int(height * scale), int(width * scale)
+        case "detectron2":
+            # ResizeShortestEdge: the short side exactly to the target, the long
+            # side scaled; then both capped at max_size; rounded half up.
+            scale = short_target / min(height, width)
+            fh, fw = (short_target, scale * width) if height < width else (scale * height, short_target)
+            if max(fh, fw) > cfg.max_size:
+                shrink = cfg.max_size / max(fh, fw)
+                fh, fw = fh * shrink, fw * shrink
+            h, w = int(fh + 0.5), int(fw + 0.5)
+        case _:
+            raise ValueError(f"unknown resize_rule {cfg.resize_rule!r}")
+    if h < 1 or w < 1:
+        raise ValueError(
+            f"an image of {height}x{width} pixels resizes to {h}x{w}: one side is too thin "
+            f"for min_size {short_target} / max_size {cfg.max_size}; crop or pad it first"
+        )
+    return h, w
 
 
 def _normalise(image: Tensor, cfg: InputConfig) -> Tensor:
@@ -84,12 +95,20 @@ def prepare_image(
     return x
 
 
+def padded_size(image_sizes: list[tuple[int, int]], size_divisibility: int) -> tuple[int, int]:
+    """``(H, W)`` of a batch: the largest height and width, each rounded up to the divisor.
+
+    Both peers pad this way (torchvision's ``batch_images``, Detectron2's ``ImageList``).
+    """
+    d = size_divisibility
+    h = max(size[0] for size in image_sizes)
+    w = max(size[1] for size in image_sizes)
+    return (h + d - 1) // d * d, (w + d - 1) // d * d
+
+
 def pad_batch(images: list[Tensor], size_divisibility: int) -> Tensor:
     """Zero-pad ``(3, h_i, w_i)`` images to one ``(N, 3, H, W)`` tensor, sides multiples of the divisor."""
-    h = max(im.shape[1] for im in images)
-    w = max(im.shape[2] for im in images)
-    d = size_divisibility
-    h, w = (h + d - 1) // d * d, (w + d - 1) // d * d
+    h, w = padded_size([(im.shape[1], im.shape[2]) for im in images], size_divisibility)
     batch = images[0].new_zeros((len(images), 3, h, w))
     for i, im in enumerate(images):
         batch[i, :, : im.shape[1], : im.shape[2]] = im

@@ -53,6 +53,7 @@ from pycocotools.cocoeval import COCOeval, Params
 from tqdm import tqdm
 
 from ..data.images import ImageReadError, load_image
+from ..data.validation import DatasetError, clean_ground_truth
 from .predict import Predictor
 from .results import to_coco_results
 
@@ -85,9 +86,15 @@ _COCO_KEYPOINTS = len(Params(iouType="keypoints").kpt_oks_sigmas)
 def load_ground_truth(path: str | os.PathLike[str]) -> COCO:
     """Read a COCO annotation file (instances format) without pycocotools' printing.
 
-    Raises ``FileNotFoundError`` when the file is missing and ``ValueError``,
-    naming the file, when it is not JSON or lacks the ``images``,
-    ``annotations`` and ``categories`` lists evaluation needs.
+    Raises ``FileNotFoundError`` when the file is missing and
+    :class:`~maskrcnn.data.validation.DatasetError` (a ``ValueError``),
+    naming the file, when it is not JSON, lacks the ``images`` and
+    ``categories`` lists evaluation needs, or has an image entry without an
+    integer ``id`` and a ``file_name``. A file without ``annotations`` has
+    images without ground truth (every detection on them is a false
+    positive). Annotations pycocotools cannot score are left out with a
+    warning saying how many and why (:func:`clean_ground_truth`), so that a
+    bad one cannot stop an evaluation (or a training run validating) midway.
     """
     path = Path(path)
     if not path.is_file():
@@ -95,13 +102,20 @@ def load_ground_truth(path: str | os.PathLike[str]) -> COCO:
     try:
         with path.open(encoding="utf-8") as handle:
             data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a JSON file: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DatasetError(f"{path}: not a JSON file: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a COCO annotation object, got a JSON {type(data).__name__}")
-    missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
-    if missing:
-        raise ValueError(f"{path}: not a COCO instances file: no {' or '.join(missing)} list")
+        raise DatasetError(f"{path}: expected a COCO annotation object, got a JSON {type(data).__name__}")
+    missing = [key for key in ("images", "categories") if not isinstance(data.get(key), list)]
+    if missing or not isinstance(data.setdefault("annotations", []), list):
+        raise DatasetError(
+            f"{path}: not a COCO instances file: no {' or '.join(missing or ['annotations'])} list"
+        )
+    skipped = clean_ground_truth(data, str(path))
+    if skipped:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
+        warnings.warn(f"{path}: {sum(skipped.values())} ground-truth annotations left out ({reasons})",
+                      stacklevel=2)
     gt = COCO()
     gt.dataset = data
     with _quiet(False):

@@ -48,12 +48,19 @@ def write_fixture_weights(fixture: str | Path, out: str | Path) -> Path:
     """Write the fixture's synthetic weights in its framework's format; returns the file written.
 
     Detectron2 fixtures become a model-zoo ``.pkl``; torchvision ones a ``.pth`` state dict.
+    A fixture may live anywhere (the shared ones, or the project's own under
+    ``tests/reference``); the synthesiser is always the shared one. Tensors named
+    in the fixture's ``"scale"`` (``{name: factor}``) are multiplied by it, as the
+    fixture maker did.
     """
     fixture = Path(fixture)
-    synth = _synth_module(fixture.parent)
+    synth = _synth_module(reference_dir())
     spec = json.loads((fixture / "spec.json").read_text())
-    seed = json.loads((fixture / "expected.json").read_text())["seed"]
+    expected = json.loads((fixture / "expected.json").read_text())
+    seed, scale = expected["seed"], expected.get("scale", {})
     arrays = {name: synth.synth_tensor(name, shape, seed) for name, shape, _ in spec}
+    for name, factor in scale.items():
+        arrays[name] = arrays[name] * factor
     out = Path(out)
     if fixture.name.startswith("detectron2"):
         detectron2.save_pickle(out, arrays)

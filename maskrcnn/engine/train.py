@@ -20,6 +20,11 @@ Files written to the output directory::
     model_final.pth          our checkpoint format: config + weights, usable by predict
     final_metrics.json       COCO AP on the validation set, when one is given
     loss_curve.png           the loss terms over iterations
+
+Ctrl-C (or SIGTERM under the ``maskrcnn`` command) saves
+``last_checkpoint.pth`` at the current iteration and raises
+``TrainingInterrupted``; ``resume()`` continues from it, after checking that
+it fits the model (same classes, same tensor names and shapes).
 """
 
 from __future__ import annotations
@@ -46,11 +51,26 @@ from ..data.batching import build_train_loader
 from ..data.transforms import pad_batch
 from ..model import MaskRCNN, build_model
 from ..structures import ImageBatch, Targets
-from .checkpoint import save_model
+from .checkpoint import FORMAT_NAME, remove_stale_temporaries, save_model, unpack_model
 from .results import write_json_atomic
 
 LAST_CHECKPOINT = "last_checkpoint.pth"
 FINAL_MODEL = "model_final.pth"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C (or a signal turned into one) after saving a checkpoint.
+
+    ``iteration`` is the number of iterations done, ``checkpoint`` the file
+    that holds them (None when the save itself was interrupted, or on ranks
+    other than 0). The signal's own exception is the ``__cause__``.
+    """
+
+    def __init__(self, iteration: int, checkpoint: Path | None) -> None:
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint saved"
+        super().__init__(f"interrupted at iteration {iteration}; {where}")
+        self.iteration = iteration
+        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -69,6 +89,34 @@ def lr_factor(iteration: int, solver: SolverConfig) -> float:
         factor = solver.warmup_factor * (1 - alpha) + alpha
     decays = sum(iteration >= round(step * solver.iterations) for step in solver.steps)
     return factor * solver.gamma**decays
+
+
+def check_solver(solver: SolverConfig) -> None:
+    """ValueError naming the field when a solver setting cannot train (a zero batch, a negative rate...)."""
+    problems = []
+
+    def need(ok: bool, field: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"solver.{field} is {getattr(solver, field)!r}, must be {rule}")
+
+    need(solver.iterations >= 1, "iterations", "at least 1")
+    need(solver.batch_size >= 1, "batch_size", "at least 1")
+    need(solver.reference_batch_size >= 1, "reference_batch_size", "at least 1")
+    need(math.isfinite(solver.base_lr) and solver.base_lr > 0, "base_lr", "a positive number")
+    need(0 <= solver.momentum < 1, "momentum", "in [0, 1)")
+    need(math.isfinite(solver.weight_decay) and solver.weight_decay >= 0, "weight_decay", "0 or more")
+    need(solver.warmup_iters >= 0, "warmup_iters", "0 or more")
+    need(0 < solver.warmup_factor <= 1, "warmup_factor", "in (0, 1]")
+    need(all(0 < step for step in solver.steps), "steps", "positive fractions of the iterations")
+    need(0 < solver.gamma <= 1, "gamma", "in (0, 1]")
+    need(solver.clip_grad_norm >= 0, "clip_grad_norm", "0 (off) or more")
+    need(solver.checkpoint_period >= 0, "checkpoint_period", "0 (off) or more")
+    need(solver.eval_period >= 0, "eval_period", "0 (only at the end) or more")
+    need(solver.log_period >= 1, "log_period", "at least 1")
+    need(solver.num_workers >= 0, "num_workers", "0 or more")
+    need(solver.max_nonfinite_steps >= 1, "max_nonfinite_steps", "at least 1")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -128,6 +176,7 @@ class Trainer:
         self.validation = validation
         self.rank = mdist.rank()
         self.world = mdist.world_size()
+        check_solver(solver)
         if solver.batch_size % self.world:
             raise ValueError(f"batch size {solver.batch_size} does not split over {self.world} processes")
         if device is None:
@@ -140,9 +189,11 @@ class Trainer:
         self.progress = progress and self.rank == 0
         torch.manual_seed(solver.seed)
         self.model: MaskRCNN = build_model(model_cfg)
+        # Names of the model's tensors that --weights left at their initialisation.
         self.skipped_weights: list[str] = []
         if init_weights is not None:
             self.skipped_weights = load_initial_weights(self.model, init_weights)
+        self.num_weights = len(self.model.state_dict())
         if solver.sync_bn and self.world > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # type: ignore[assignment]
         # Channels-last convolutions are faster on the CPU and on tensor cores.
@@ -153,6 +204,7 @@ class Trainer:
         self.iteration = 0
         self.nonfinite = 0
         self.history: list[dict[str, Any]] = []
+        self.resumed = False
         self._writer: Any = None
 
     # -- state ------------------------------------------------------------
@@ -172,15 +224,58 @@ class Trainer:
         return save_model(self.out / name, self.cfg, self.model.state_dict(), extra=self.state())
 
     def resume(self) -> bool:
-        """Continue from ``last_checkpoint.pth`` if there is one; True when resumed."""
+        """Continue from ``last_checkpoint.pth`` if there is one; True when resumed, False when none exists.
+
+        A checkpoint that cannot be read, lacks the training state, or does
+        not fit this model (other classes, other tensor names or shapes: a
+        different dataset, ``--preset`` or ``--set``) raises ``CheckpointError``
+        saying so, before anything is changed.
+        """
+        from ..convert import CheckpointError, read_checkpoint
+
         path = self.out / LAST_CHECKPOINT
         if not path.is_file():
             return False
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.iteration = int(payload["iteration"])
-        torch.set_rng_state(payload["rng_cpu"])
+        try:
+            payload = read_checkpoint(path)
+        except CheckpointError as e:
+            raise CheckpointError(path, "cannot be read (damaged or truncated); delete it to start afresh, "
+                                  "or use another --out") from e
+        try:
+            if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+                raise ValueError("not a training checkpoint of this project")
+            cfg, state = unpack_model(payload)
+        except ValueError as e:
+            raise CheckpointError(path, f"{e}; delete it to start afresh, or use another --out") from e
+        missing = [key for key in ("optimizer", "iteration", "rng_cpu") if key not in payload]
+        if missing:
+            raise CheckpointError(path, f"holds weights but no training state ({', '.join(missing)}); "
+                                  "start from it with --weights instead of resuming")
+        if cfg.class_names != self.cfg.class_names or cfg.num_classes != self.cfg.num_classes:
+            raise CheckpointError(
+                path, f"was trained on {cfg.num_classes} classes ({_names(cfg.class_names)}), this run has "
+                f"{self.cfg.num_classes} ({_names(self.cfg.class_names)}); resume with the training set "
+                "it was started on, or train the new one in another --out (with --weights to start from it)")
+        own = self.model.state_dict()
+        differ = [f"{k} missing" for k in own if k not in state]
+        differ += [f"{k} unexpected" for k in state if k not in own]
+        differ += [f"{k} is {tuple(state[k].shape)}, the model's {tuple(v.shape)}"
+                   for k, v in own.items() if k in state and state[k].shape != v.shape]
+        if differ:
+            raise CheckpointError(
+                path, f"does not fit this model: {len(differ)} tensors differ "
+                f"(e.g. {'; '.join(differ[:2])}); it was made with another --preset or --set: "
+                "resume with those, or use another --out")
+        try:
+            self.model.load_state_dict(state)
+            self.optimizer.load_state_dict(payload["optimizer"])
+            iteration = int(payload["iteration"])
+            torch.set_rng_state(payload["rng_cpu"])
+        except (ValueError, TypeError, KeyError, RuntimeError) as e:
+            raise CheckpointError(path, f"its training state does not fit this run ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}); use another --out") from e
+        self.iteration = iteration
+        self.resumed = True
         self.history = [h for h in _read_metrics(self.out) if h.get("iteration", 0) <= self.iteration]
         if self.rank == 0:
             _write_metrics(self.out, self.history)
@@ -229,6 +324,13 @@ class Trainer:
         """Run to ``solver.iterations``; returns the final validation metrics (rank 0, if validated)."""
         s = self.solver
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            # Left by a run killed outright (SIGKILL) in the middle of a save.
+            for name in (LAST_CHECKPOINT, FINAL_MODEL, "final_metrics.json", "metrics.jsonl"):
+                remove_stale_temporaries(self.out / name)
+            if not self.resumed and self.iteration == 0:
+                # A fresh run: the log of an earlier run in this folder would mix with this one's.
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
         model: nn.Module = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -278,11 +380,22 @@ class Trainer:
                     self.save()
                 if s.eval_period and self.iteration % s.eval_period == 0 and self.iteration < s.iterations:
                     self.validate()
+            bar.close()
+            self.save()
+            # Ctrl-C from here on (the final validation can be long) resumes straight to it.
+            return self.finish()
+        except KeyboardInterrupt as e:
+            raise self._interrupted() from e
         finally:
             bar.close()
-        self.save()
-        metrics = self.finish()
-        return metrics
+
+    def _interrupted(self) -> TrainingInterrupted:
+        """Save the state of the last finished iteration; the exception that says where it is."""
+        try:
+            path = self.save()
+        except KeyboardInterrupt:  # interrupted again while saving: the temporary file is gone
+            path = None
+        return TrainingInterrupted(self.iteration, path)
 
     def _all_finite(self, total: Tensor) -> bool:
         finite = torch.isfinite(total.detach()).to(torch.float32).reshape(1)
@@ -340,8 +453,11 @@ class Trainer:
             flat = {f"{kind}/{k}": v for kind in ("bbox", "segm") for k, v in metrics.get(kind, {}).items()}
             self._log({"iteration": self.iteration, **flat})
             if self.progress:
-                tqdm.write(f"iteration {self.iteration}: box AP {metrics['bbox']['AP']:.3f}, "
-                           f"mask AP {metrics['segm']['AP']:.3f}")
+                # AP is None (undefined) on a validation set without ground-truth instances.
+                shown = [f"{name} AP {'-' if ap is None else f'{ap:.3f}'}"
+                         for kind, name in (("bbox", "box"), ("segm", "mask")) if kind in metrics
+                         for ap in [metrics[kind]["AP"]]]
+                tqdm.write(f"iteration {self.iteration}: " + ", ".join(shown))
         if self.world > 1:
             dist.barrier()
         return metrics
@@ -360,6 +476,10 @@ class Trainer:
         return metrics
 
 
+def _names(names: tuple[str, ...], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "") if names else "unnamed"
+
+
 def _read_metrics(out: Path) -> list[dict[str, Any]]:
     path = out / "metrics.jsonl"
     if not path.is_file():
@@ -368,9 +488,13 @@ def _read_metrics(out: Path) -> list[dict[str, Any]]:
 
 
 def _write_metrics(out: Path, records: list[dict[str, Any]]) -> None:
-    tmp = out / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, out / "metrics.jsonl")
+    tmp = out / f".metrics.jsonl.{os.getpid()}.tmp"
+    try:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, out / "metrics.jsonl")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def plot_losses(history: list[dict[str, Any]], path: Path) -> Path | None:
@@ -457,32 +581,6 @@ def _coerce(current: Any, value: Any, full: str) -> Any:
     raise ValueError(f"--set {full}: expected a {type(current).__name__} like {current!r}, got {value!r}")
 
 
-def add_train_arguments(p: Any) -> None:
-    """Arguments of ``maskrcnn train``."""
-    from ..config import PRESETS
-
-    p.add_argument("--train-json", required=True, metavar="JSON",
-                   help="COCO instances JSON of the training set")
-    p.add_argument("--train-images", required=True, metavar="DIR", help="folder of the training images")
-    p.add_argument("--val-json", metavar="JSON", help="COCO instances JSON of a validation set")
-    p.add_argument("--val-images", metavar="DIR", help="folder of the validation images")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="output folder (checkpoints, logs, model_final)")
-    p.add_argument("--preset", default="r50-fpn", choices=sorted(PRESETS), help="architecture and schedule")
-    p.add_argument("--weights", metavar="FILE",
-                   help="initial weights: ours, torchvision's or Detectron2's (tensors that fit are loaded)")
-    p.add_argument("--iterations", type=int, metavar="N",
-                   help="iterations (default: the preset's schedule scaled to the batch size)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="images per iteration over all processes")
-    p.add_argument("--min-size", type=int, nargs="+", metavar="S",
-                   help="training shortest-edge size(s); the first is also the test size")
-    p.add_argument("--max-size", type=int, metavar="S", help="longest-edge cap")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override config fields, e.g. rpn.nms_thresh=0.6 solver.base_lr=0.01")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last_checkpoint.pth")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-
-
 def configure(args: Any, dataset: Any) -> tuple[ModelConfig, SolverConfig]:
     """The model and solver configs of a ``train`` command line for this dataset."""
     from ..config import PRESETS
@@ -511,45 +609,3 @@ def configure(args: Any, dataset: Any) -> tuple[ModelConfig, SolverConfig]:
     solver_sets = [s.removeprefix("solver.") for s in args.set if s.startswith("solver.")]
     model_sets = [s for s in args.set if not s.startswith("solver.")]
     return replace_fields(cfg, model_sets), replace_fields(solver, solver_sets)
-
-
-def run_train(args: Any) -> int:
-    """``maskrcnn train``: returns the exit status."""
-    import sys
-
-    from ..data.coco import CocoDataset
-
-    setup_distributed()
-    if (args.val_json is None) != (args.val_images is None):
-        raise SystemExit("error: --val-json and --val-images go together")
-    for path in (args.train_json, args.train_images, args.val_json, args.val_images, args.weights):
-        if path is not None and not Path(path).exists():
-            raise SystemExit(f"error: {path}: no such file or folder")
-    dataset = CocoDataset(args.train_json, args.train_images)
-    if mdist.rank() == 0:
-        print(dataset.report.summary(), file=sys.stderr)
-    if len(dataset) == 0:
-        raise SystemExit(f"error: {args.train_json}: no usable training image")
-    try:
-        cfg, solver = configure(args, dataset)
-    except (ValueError, TypeError) as e:
-        raise SystemExit(f"error: {e}") from e
-    validation = ValidationSet(Path(args.val_json), Path(args.val_images)) if args.val_json else None
-    trainer = Trainer(model_cfg=cfg, solver=solver, dataset=dataset, out_dir=Path(args.out),
-                      validation=validation, init_weights=Path(args.weights) if args.weights else None,
-                      device=args.device)
-    if trainer.skipped_weights and mdist.rank() == 0:
-        print(f"initial weights: {len(trainer.skipped_weights)} tensors left at their initialisation "
-              f"(e.g. {', '.join(trainer.skipped_weights[:4])})", file=sys.stderr)
-    if args.resume and trainer.resume() and mdist.rank() == 0:
-        print(f"resumed from iteration {trainer.iteration}", file=sys.stderr)
-    metrics = trainer.train()
-    if mdist.rank() == 0:
-        print(f"wrote {Path(args.out) / FINAL_MODEL}", file=sys.stderr)
-        if metrics is not None:
-            from .evaluate import format_table
-
-            print(format_table(metrics))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0

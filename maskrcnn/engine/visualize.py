@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,6 +68,38 @@ _LINE_WIDTH_DIVISOR = 320
 # Label text is black on a background brighter than this (ITU-R BT.601
 # luma, 0..255), white otherwise.
 _LIGHT_BACKGROUND_LUMA = 150
+
+
+def picture_paths(file_names: Sequence[str], directory: str | os.PathLike[str]) -> list[Path]:
+    """Where ``--viz`` writes the picture of each image: no two images share one.
+
+    An image's picture is ``directory / file_name`` with the extension
+    replaced by ``.png`` (``a/x.jpg`` -> ``a/x.png``, subfolders kept). Images
+    whose names differ only by their extension (``x.jpg`` and ``x.png``) keep
+    it instead (``x.jpg.png`` and ``x.png.png``). Names that still clash,
+    also when compared case-insensitively (as macOS and Windows file systems
+    do), raise ``ValueError`` naming both images: a picture is never
+    overwritten by another image's.
+    """
+    directory = Path(directory)
+    stems = [Path(name).with_suffix(".png").as_posix().casefold() for name in file_names]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    relative = [
+        Path(name).with_suffix(".png") if counts[stem] == 1 else Path(name + ".png")
+        for name, stem in zip(file_names, stems, strict=True)
+    ]
+    owner: dict[str, str] = {}
+    for name, rel in zip(file_names, relative, strict=True):
+        key = rel.as_posix().casefold()
+        if key in owner:
+            raise ValueError(
+                f"the pictures of {owner[key]} and {name} would both be {directory / rel}; "
+                "rename one of the images or predict them separately"
+            )
+        owner[key] = name
+    return [directory / rel for rel in relative]
 
 
 def color_for(index: int) -> Color:

@@ -13,9 +13,12 @@ Shapes: per level ``(H_l * W_l * A, 4)``.
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
+
+from ..config import StrideRule
 
 
 def cell_anchors(size: float, aspect_ratios: tuple[float, ...], round_to_int: bool) -> Tensor:
@@ -41,12 +44,16 @@ class AnchorGenerator(nn.Module):
         strides: tuple[int, ...],
         round_to_int: bool,
         offset: float = 0.0,
+        stride_rule: StrideRule = "fixed",
     ) -> None:
         super().__init__()
         if len(sizes) != len(strides):
             raise ValueError(f"{len(sizes)} anchor sizes for {len(strides)} feature levels")
+        if stride_rule not in get_args(StrideRule):
+            raise ValueError(f"stride_rule {stride_rule!r} is not one of {get_args(StrideRule)}")
         self.strides = strides
         self.offset = offset
+        self.stride_rule = stride_rule
         counts = {len(level) for level in sizes}
         if len(counts) != 1:
             raise ValueError(f"every level needs as many anchor sizes; got {sizes}")
@@ -56,11 +63,34 @@ class AnchorGenerator(nn.Module):
             torch.cat([cell_anchors(s, aspect_ratios, round_to_int) for s in level]) for level in sizes
         ]
 
-    def forward(self, feature_shapes: list[tuple[int, int]], device: torch.device) -> list[Tensor]:
+    def level_strides(
+        self, feature_shapes: list[tuple[int, int]], padded_size: tuple[int, int]
+    ) -> list[tuple[int, int]]:
+        """``(stride_y, stride_x)`` of each level for a padded batch of ``padded_size``.
+
+        "fixed" gives the nominal strides. "torchvision" divides the padded size
+        by the feature size, per axis, rounding down: equal to the nominal
+        stride wherever the feature map is exactly the padded size over it, but
+        not at P6 when the padded side is an odd multiple of 32 (P6 then has
+        ``(side / 32 + 1) / 2`` cells).
+        """
+        match self.stride_rule:
+            case "fixed":
+                return [(s, s) for s in self.strides]
+            case "torchvision":
+                return [(padded_size[0] // h, padded_size[1] // w) for h, w in feature_shapes]
+            case _:
+                raise ValueError(f"unknown stride_rule {self.stride_rule!r}")
+
+    def forward(
+        self, feature_shapes: list[tuple[int, int]], padded_size: tuple[int, int], device: torch.device
+    ) -> list[Tensor]:
+        """``(H_l * W_l * A, 4)`` anchors per level for feature maps of these ``(H_l, W_l)``."""
         anchors = []
-        for (h, w), stride, cell in zip(feature_shapes, self.strides, self.cells, strict=True):
-            ys = (torch.arange(h, dtype=torch.float32, device=device) + self.offset) * stride
-            xs = (torch.arange(w, dtype=torch.float32, device=device) + self.offset) * stride
+        strides = self.level_strides(feature_shapes, padded_size)
+        for (h, w), (stride_y, stride_x), cell in zip(feature_shapes, strides, self.cells, strict=True):
+            ys = (torch.arange(h, dtype=torch.float32, device=device) + self.offset) * stride_y
+            xs = (torch.arange(w, dtype=torch.float32, device=device) + self.offset) * stride_x
             y, x = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack((x, y, x, y), dim=-1).reshape(-1, 1, 4)
             # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4)

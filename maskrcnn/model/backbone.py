@@ -53,6 +53,9 @@ class FrozenBatchNorm2d(nn.Module):
         scale, shift = self.scale_and_shift()
         return x * scale[None, :, None, None].to(x.dtype) + shift[None, :, None, None].to(x.dtype)
 
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
 
 def make_norm(kind: NormKind, channels: int, eps: float) -> nn.Module:
     """Frozen batch norm (fine-tuning), batch norm, or group norm of 32 groups (training from scratch)."""
@@ -108,9 +111,6 @@ class BasicBlock(nn.Module):
         out = torch.relu_(conv_bn(x, self.conv1, self.bn1))
         return residual_relu(conv_bn(out, self.conv2, self.bn2), x, self.downsample)
 
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
-
 
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand; residual sum, then ReLU."""
@@ -126,13 +126,16 @@ class Bottleneck(nn.Module):
         stride_in_1x1: bool,
         norm: NormKind,
         eps: float,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         # MSRA's ResNets subsample in the first 1x1 conv, PyTorch's in the 3x3.
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = nn.Conv2d(in_channels, width, 1, stride=s1, bias=False)
         self.bn1 = make_norm(norm, width, eps)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=1, groups=groups, bias=False)
+        # A dilated 3x3 (DC5's res5) keeps its output size with padding = dilation.
+        self.conv2 = nn.Conv2d(width, width, 3, stride=s3, padding=dilation, dilation=dilation, groups=groups,
+                               bias=False)
         self.bn2 = make_norm(norm, width, eps)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = make_norm(norm, out_channels, eps)
@@ -161,10 +164,18 @@ def resnet_stage(
     norm: NormKind = "frozen_bn",
     eps: float = 1e-5,
     base_channels: int = 64,
+    dilation: int = 1,
 ) -> nn.Sequential:
-    """Stage ``stage`` (0 = res2 ... 3 = res5) of a ResNet: its blocks, the first one subsampling."""
+    """Stage ``stage`` (0 = res2 ... 3 = res5) of a ResNet: its blocks, the first one subsampling.
+
+    ``dilation > 1`` dilates every 3x3 conv of the stage and drops its
+    subsampling instead (the stage keeps the stride of the one before: DC5's
+    res5 at stride 16, as in R-FCN and Detectron2's ``RES5_DILATION``).
+    """
     blocks = BLOCKS_PER_STAGE[depth][stage]
-    stride = 2 if stage > 0 else 1
+    stride = 2 if stage > 0 and dilation == 1 else 1
+    if dilation != 1 and depth in BASIC_DEPTHS:
+        raise ValueError(f"dilated stages need bottleneck blocks; ResNet-{depth} has basic blocks")
     out_channels = stage_channels(stage, depth, base_channels)
     if depth in BASIC_DEPTHS:
         return nn.Sequential(*(
@@ -182,6 +193,7 @@ def resnet_stage(
             stride_in_1x1=stride_in_1x1,
             norm=norm,
             eps=eps,
+            dilation=dilation,
         )
         for i in range(blocks)
     ))
@@ -200,6 +212,7 @@ class ResNet(nn.Module):
     ``base_channels`` is the stem's width (64 in the published networks);
     bottleneck stages output ``4 * base * 2^i`` channels, basic ones ``base * 2^i``.
     ``num_stages=3`` stops after res4, for the C4 detector whose RoI head runs res5.
+    ``res5_dilation=2`` dilates res5 instead of subsampling (DC5: C5 at stride 16).
     """
 
     def __init__(
@@ -214,6 +227,7 @@ class ResNet(nn.Module):
         freeze_at: int = 2,
         base_channels: int = 64,
         num_stages: int = 4,
+        res5_dilation: int = 1,
     ) -> None:
         super().__init__()
         if depth not in BLOCKS_PER_STAGE:
@@ -227,6 +241,7 @@ class ResNet(nn.Module):
             layer = resnet_stage(
                 stage, in_channels, depth=depth, groups=groups, width_per_group=width_per_group,
                 stride_in_1x1=stride_in_1x1, norm=norm, eps=eps, base_channels=base_channels,
+                dilation=res5_dilation if stage == 3 else 1,
             )
             self.add_module(f"layer{stage + 1}", layer)
             in_channels = stage_channels(stage, depth, base_channels)

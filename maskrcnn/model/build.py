@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from torch import nn
 
-from ..config import ModelConfig, PoolerConfig
+from ..config import Architecture, ModelConfig, PoolerConfig
 from ..ops.boxes import BoxCoder
 from .anchors import AnchorGenerator
 from .backbone import ResNet, init_convs, resnet_stage, stage_channels
 from .box_head import BoxHead
-from .fpn import FPN, BackboneC4, BackboneWithFPN
+from .fpn import FPN, BackboneWithFPN, SingleMapBackbone
 from .keypoint_head import KeypointHead
 from .mask_head import MaskHead, mask_channels
 from .mask_rcnn import InferenceSettings, MaskRCNN, TrainingSettings
@@ -31,36 +33,44 @@ def build_pooler(cfg: PoolerConfig, strides: tuple[int, ...]) -> MultiLevelRoIPo
 
 
 def build_model(cfg: ModelConfig) -> MaskRCNN:
+    if cfg.architecture not in get_args(Architecture):
+        choices = ", ".join(get_args(Architecture))
+        raise ValueError(f"unknown architecture {cfg.architecture!r}: expected one of {choices}")
     b = cfg.backbone
     c4 = cfg.architecture == "c4"
     body = ResNet(
         depth=b.depth, groups=b.groups, width_per_group=b.width_per_group,
         stride_in_1x1=b.stride_in_1x1, norm=b.norm, eps=b.norm_eps, freeze_at=b.freeze_at,
         base_channels=b.base_channels, num_stages=3 if c4 else 4,
+        # DC5: res5 dilated by 2 instead of subsampling, so C5 keeps C4's stride 16.
+        res5_dilation=2 if cfg.architecture == "dc5" else 1,
     )
     roi_shared = None
+    if cfg.architecture == "fpn":
+        strides: tuple[int, ...] = cfg.fpn.strides
+        channels = roi_channels = cfg.fpn.out_channels
+        backbone: nn.Module = BackboneWithFPN(
+            body=body, fpn=FPN(in_channels=body.out_channels, out_channels=channels), strides=strides
+        )
+        anchor_sizes: tuple[tuple[float, ...], ...] = tuple((s,) for s in cfg.anchors.sizes)
+    else:
+        # C4 and DC5: one feature map of stride 16 (C4, or the dilated C5) with all anchor sizes.
+        strides = (16,)
+        backbone = SingleMapBackbone(body=body, stride=16)
+        anchor_sizes = (tuple(cfg.anchors.sizes),)
+        channels = roi_channels = body.out_channels[-1]
     if c4:
-        # C4: one feature map of stride 16 with all anchor sizes; res5 runs on each RoI.
-        strides: tuple[int, ...] = (16,)
-        backbone: nn.Module = BackboneC4(body=body)
-        anchor_sizes: tuple[tuple[float, ...], ...] = (tuple(cfg.anchors.sizes),)
-        channels = body.out_channels[-1]
+        # res5 runs on each RoI's 14x14 C4 features (Figure 4, left).
         roi_shared = resnet_stage(
             3, channels, depth=b.depth, groups=b.groups, width_per_group=b.width_per_group,
             stride_in_1x1=b.stride_in_1x1, norm=b.norm, eps=b.norm_eps, base_channels=b.base_channels,
         )
         init_convs(roi_shared)
         roi_channels = stage_channels(3, b.depth, b.base_channels)
-    else:
-        strides = cfg.fpn.strides
-        channels = roi_channels = cfg.fpn.out_channels
-        backbone = BackboneWithFPN(
-            body=body, fpn=FPN(in_channels=body.out_channels, out_channels=channels), strides=strides
-        )
-        anchor_sizes = tuple((s,) for s in cfg.anchors.sizes)
     anchors = AnchorGenerator(
         sizes=anchor_sizes, aspect_ratios=cfg.anchors.aspect_ratios, strides=strides,
         round_to_int=cfg.anchors.round_to_int, offset=cfg.anchors.offset,
+        stride_rule=cfg.anchors.stride_rule,
     )
     rpn = RPN(
         head=RPNHead(in_channels=channels, num_anchors=anchors.num_anchors),

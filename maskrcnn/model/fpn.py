@@ -1,4 +1,4 @@
-"""Feature Pyramid Network (Lin et al. 2017), P2-P6 on top of C2-C5.
+"""Feature Pyramid Network (Lin et al. 2017), P2-P6 on top of C2-C5; and the one-map backbone of C4 and DC5.
 
 Each C_i gets a 1x1 lateral conv to ``out_channels``; going down from C5 the
 coarser map is upsampled 2x (nearest) and added; a 3x3 conv smooths each sum
@@ -56,13 +56,17 @@ class BackboneWithFPN(nn.Module):
         return self.fpn(self.body(images))
 
 
-class BackboneC4(nn.Module):
-    """ResNet up to res4 for the C4 detector: image tensor -> [C4] (stride 16)."""
+class SingleMapBackbone(nn.Module):
+    """The ResNet body's last stage as the only feature map, at stride 16.
 
-    def __init__(self, *, body: ResNet) -> None:
+    C4: the body stops after res4 (res5 runs per RoI). DC5: the body runs a
+    dilated res5 that keeps res4's stride. Image tensor -> ``[C4]`` or ``[C5]``.
+    """
+
+    def __init__(self, *, body: ResNet, stride: int = 16) -> None:
         super().__init__()
         self.body = body
-        self.strides = (16,)
+        self.strides = (stride,)
         self.out_channels = body.out_channels[-1]
 
     def forward(self, images: Tensor) -> list[Tensor]:

@@ -59,7 +59,10 @@ class KeypointHead(nn.Module):
             x = torch.relu_(conv(x))
         x = self.predictor(x)
         if x.shape[0] == 0:  # interpolate refuses empty batches on some devices
-            return x.new_zeros((0, x.shape[1], 2 * x.shape[2], 2 * x.shape[3]))
+            # ``+ x.sum() * 0`` keeps the (empty) result in the graph, so that a
+            # batch without positive RoIs still gives every parameter a (zero)
+            # gradient, as data-parallel training needs.
+            return x.new_zeros((0, x.shape[1], 2 * x.shape[2], 2 * x.shape[3])) + x.sum() * 0.0
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False,
                              recompute_scale_factor=False)
 

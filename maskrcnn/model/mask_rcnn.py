@@ -128,7 +128,7 @@ class MaskRCNN(nn.Module):
         """
         s = self.training_settings
         features = self.backbone(batch.tensor)
-        logits, deltas, anchors = self.rpn(features)
+        logits, deltas, anchors = self.rpn(features, (batch.tensor.shape[-2], batch.tensor.shape[-1]))
         losses = rpn_loss(
             logits, deltas, anchors, [t.boxes for t in targets], [t.crowd_boxes for t in targets],
             [t.generator(salt=1) for t in targets],
@@ -179,7 +179,7 @@ class MaskRCNN(nn.Module):
         s = self.inference
         features = self.backbone(batch.tensor)
         clock.lap("backbone")
-        logits, deltas, anchors = self.rpn(features)
+        logits, deltas, anchors = self.rpn(features, (batch.tensor.shape[-2], batch.tensor.shape[-1]))
         proposals = self.rpn.propose(
             logits, deltas, anchors, batch.image_sizes,
             pre_nms_topk=s.rpn_pre_nms_topk, post_nms_topk=s.rpn_post_nms_topk,

@@ -77,11 +77,16 @@ class RPN(nn.Module):
         self.min_box_size = min_box_size
         self.min_box_size_strict = min_box_size_strict
 
-    def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """-> objectness logits ``(N, T)``, deltas ``(N, T, 4)``, anchors per level."""
+    def forward(
+        self, features: list[Tensor], padded_size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """-> objectness logits ``(N, T)``, deltas ``(N, T, 4)``, anchors per level.
+
+        ``padded_size`` is the ``(H, W)`` of the padded image batch.
+        """
         logits, deltas = self.head(features)
-        shapes = [tuple(f.shape[-2:]) for f in features]
-        anchors = self.anchor_generator(shapes, features[0].device)
+        shapes = [(f.shape[-2], f.shape[-1]) for f in features]
+        anchors = self.anchor_generator(shapes, padded_size, features[0].device)
         return logits, deltas, anchors
 
     def propose(

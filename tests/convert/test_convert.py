@@ -536,3 +536,17 @@ def test_bare_state_dict_of_ours_gets_a_hint(
     torch.save({k: state[k] for k in ("box_head.cls_score.weight", "box_head.cls_score.bias")}, path)
     with pytest.raises(CheckpointError, match="bare maskrcnn state dict"):
         load_checkpoint(path)
+
+
+class _NotATensor:
+    """A Python object that ``weights_only`` loading refuses."""
+
+
+def test_torch_file_with_python_objects_is_refused_without_unsafe_advice(tmp_path: Path) -> None:
+    path = tmp_path / "pickled_object.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": _NotATensor()}, path)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint") as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message and "could run code" in message
+    assert "weights_only" not in message and "\n" not in message

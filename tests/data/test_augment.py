@@ -176,3 +176,29 @@ def test_same_rng_state_same_result_and_both_outcomes_occur(kind: str) -> None:
         assert torch.equal(image_a, image_b) and torch.equal(targets_a.boxes, targets_b.boxes)
         outcomes.add((image_a.shape[1], targets_a.boxes[0, 0].item() > 0))
     assert outcomes == {(4, False), (4, True), (8, False), (8, True)}
+
+
+# ------------------------------------------------------------ images without instances
+
+
+@pytest.mark.parametrize("flip_prob", [0.0, 1.0])
+@pytest.mark.parametrize("crowd", [None, [[2.0, 3.0, 9.0, 7.0]]])
+def test_image_without_instances_gives_empty_targets(
+    flip_prob: float, crowd: list[list[float]] | None
+) -> None:
+    # Unannotated (no crowd) and crowd-only images: zero masks and keypoints resize and flip.
+    masks = torch.zeros((0, 10, 16), dtype=torch.uint8)
+    keypoints = torch.zeros((0, 17, 3))
+    sample = _sample(10, 16, [], masks=masks, keypoints=keypoints, crowd=crowd)
+    cfg = _cfg((20,), flip_prob)
+
+    image, targets = train_transform(sample, cfg, np.random.default_rng(0), flip_pairs=[(1, 2)])
+
+    assert image.shape == (3, 20, 32)
+    assert targets.boxes.shape == (0, 4) and targets.labels.shape == (0,)
+    assert targets.masks is not None and targets.masks.shape == (0, 20, 32)
+    assert targets.masks.dtype == torch.uint8
+    assert targets.keypoints is not None and targets.keypoints.shape == (0, 17, 3)
+    assert len(targets.crowd_boxes) == (0 if crowd is None else 1)
+    _, evaluated = eval_transform(sample, cfg)
+    assert evaluated.masks is not None and evaluated.masks.shape[0] == 0

@@ -13,8 +13,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from maskrcnn.config import InputConfig
 from maskrcnn.data import coco
-from maskrcnn.data.coco import CocoDataset, ImageSizeMismatchError, read_image_size
+from maskrcnn.data.augment import train_transform
+from maskrcnn.data.coco import CocoDataset, DatasetError, ImageSizeMismatchError, read_image_size
 from maskrcnn.engine.reference import shared_dir
 
 EXIF_ORIENTATION = 0x0112
@@ -169,6 +171,8 @@ def test_image_without_annotations_is_kept_as_a_negative(tmp_path: Path) -> None
     assert a.masks is not None and a.masks.shape == (0, 6, 4)
     assert ds.aspect_ratios() == [10 / 8, 4 / 6]
     assert [s.file_name for s in (ds[0], ds[1])] == ["a.png", "b.png"]
+    assert ds.report.num_negatives == 1
+    assert ds.report.summary().startswith("2 images (1 without instances: negatives), 1 instances")
 
     dropped = CocoDataset(path, tmp_path / "img", drop_empty=True)
     assert len(dropped) == 1 and dropped.image_ids == [1]
@@ -337,3 +341,212 @@ def test_balloon_train_loads_cleanly() -> None:
         assert a.masks is not None and a.masks.shape[1:] == sample.image.shape[:2]
         assert (a.masks.flatten(1).sum(1) > 0).all()
         assert (a.boxes[:, 2:] > a.boxes[:, :2]).all()
+
+
+# ------------------------------------------------------------ every annotation validated at load time
+
+
+def _rle_string(mask: np.ndarray) -> str:
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+
+
+def test_corrupt_compressed_rle_is_reported_and_skipped(tmp_path: Path) -> None:
+    mask = np.zeros((8, 10), dtype=np.uint8)
+    mask[2:6, 3:9] = 1
+    good = _rle_string(mask)
+    wide = _rle_string(np.ones((8, 10)))  # runs [0, 80]: 80 takes two characters, a cut can split it
+    assert any(ord(c) - 48 & 0x20 for c in wide)
+    cut = next(i for i, c in enumerate(wide) if ord(c) - 48 & 0x20) + 1  # after a "more follows" character
+    corrupt = {
+        2: wide[:cut],  # truncated inside a run: pycocotools would read past the string
+        3: good[:-1],  # truncated at a run boundary: the runs no longer cover the image
+        4: good + "1",  # one run too many
+        5: good[:2] + "~" + good[3:],  # a character outside the alphabet
+        6: "\u00e9" + good,  # not ASCII
+        7: "",  # no runs at all
+    }
+    anns = [_ann(1, 1, [3, 2, 6, 4], {"size": [8, 10], "counts": good})]
+    anns += [_ann(i, 1, [3, 2, 6, 4], {"size": [8, 10], "counts": c}) for i, c in corrupt.items()]
+
+    ds = _one_image_dataset(tmp_path, anns)
+
+    assert ds.report.counts == {coco.BAD_SEGMENTATION: 6}, ds.report.summary()
+    assert ds.report.examples[coco.BAD_SEGMENTATION][0].detail.startswith("corrupt compressed RLE: truncated")
+    assert len(ds) == 1
+    for _ in range(3):  # the kept mask decodes the same every time
+        a = ds[0].annotations
+        assert a.masks is not None and len(a) == 1 and np.array_equal(a.masks[0].numpy(), mask)
+    assert "sum to 70, not 8x10" in ds.report.examples[coco.BAD_SEGMENTATION][1].detail
+    # The ground truth for COCOeval leaves them out too.
+    assert ds.coco.getAnnIds() == [1]
+
+
+def test_uncompressed_rle_must_be_non_negative_integers(tmp_path: Path) -> None:
+    anns = [
+        _ann(1, 1, [1, 1, 3, 2], {"size": [8, 10], "counts": [90, -10]}),  # sums to 80, one negative
+        _ann(2, 1, [1, 1, 3, 2], {"size": [8, 10], "counts": [40.5, 39.5]}),
+        _ann(3, 1, [1, 1, 3, 2], {"size": [8, 10], "counts": [True, 79]}),
+        _ann(4, 1, [1, 1, 3, 2], {"size": ["8", 10], "counts": [80]}),
+        _ann(5, 1, [1, 1, 3, 2], {"size": [10, 8], "counts": [80]}),  # swapped size
+        _ann(6, 1, [1, 1, 3, 2], {"size": [8, 10], "counts": {"a": 1}}),
+        _ann(7, 1, [1, 1, 3, 2], {"size": [8, 10], "counts": [10, 70]}),  # good
+    ]
+    ds = _one_image_dataset(tmp_path, anns)
+    assert ds.report.counts == {coco.BAD_SEGMENTATION: 6}
+    assert len(ds[0].annotations) == 1
+
+
+def test_malformed_values_are_counted_and_skipped(tmp_path: Path) -> None:
+    square = [1, 1, 4, 1, 4, 3, 1, 3]
+    anns: list[Any] = [
+        _ann(1, 1, [1, 1, 3, 2], [square]),  # good
+        "not an annotation",
+        dict(_ann(0, 1, [1, 1, 3, 2]), id=None),  # no id
+        dict(_ann(0, 1, [1, 1, 3, 2]), id="2"),  # a string id
+        _ann(1, 1, [1, 1, 3, 2]),  # a repeated id
+        dict(_ann(3, 1, [1, 1, 3, 2]), image_id="1"),  # a string image id
+        dict(_ann(4, 1, [1, 1, 3, 2]), category_id=[1]),  # unhashable category
+        dict(_ann(5, 1, [1, 1, 3, 2]), iscrowd="yes"),
+        _ann(6, 1, [1, float("nan"), 3, 2]),  # NaN in the box
+        _ann(7, 1, [1, 1, 10**400, 2]),  # an integer beyond float range
+        _ann(8, 1, "1 1 3 2"),  # type: ignore[arg-type]
+        _ann(9, 1, [1, 1, -3, 2]),  # negative width
+        _ann(10, 1, [1, 1, 3, 2], [[1, 1, 4, True, 4, 3]]),  # a boolean coordinate
+        _ann(11, 1, [1, 1, 3, 2], [[1, 1, 4e9, 1, 4, 3]]),  # a vertex far outside the image
+        _ann(12, 1, [1, 1, 3, 2], [square, "x"]),  # one bad part: the good one is kept
+        _ann(13, 1, [1, 1, 3, 2], 42),  # type: ignore[arg-type]
+    ]
+    ds = _one_image_dataset(tmp_path, anns)
+
+    assert ds.report.counts == {
+        coco.BAD_ANNOTATION: 2,
+        coco.BAD_ANNOTATION_ID: 2,
+        coco.DUPLICATE_ANNOTATION: 1,
+        coco.UNKNOWN_IMAGE: 1,
+        coco.UNKNOWN_CATEGORY: 1,
+        coco.BAD_BOX: 3,
+        coco.DEGENERATE_BOX: 1,
+        coco.BAD_SEGMENTATION: 4,
+        coco.NO_VALID_POLYGON: 2,
+    }, ds.report.summary()
+    a = ds[0].annotations
+    assert len(a) == 2 and a.masks is not None and torch.equal(a.masks[0], a.masks[1])
+
+
+def test_malformed_keypoints_keep_the_instance_unlabelled(tmp_path: Path) -> None:
+    categories = [{"id": 1, "name": "person", "keypoints": ["a", "b"]}]
+    _write_image(tmp_path / "img" / "a.png", 8, 10)
+    images = [{"id": 1, "file_name": "a.png", "height": 8, "width": 10}]
+    anns = [
+        _ann(1, 1, [1, 1, 5, 5], keypoints=[2, 3, 2, 7, 9, 2]),
+        _ann(2, 1, [1, 1, 5, 5], keypoints=[2, 3, 2, float("inf"), 9, 2]),
+        _ann(3, 1, [1, 1, 5, 5], keypoints=[2, 3, 2, 1e39, 9, 2]),  # beyond float32
+        _ann(4, 1, [1, 1, 5, 5], keypoints=7),
+        _ann(5, 1, [1, 1, 5, 5], keypoints=["2", 3, 2, 7, 9, 2]),
+    ]
+    ds = CocoDataset(_write_json(tmp_path / "ann.json", images, anns, categories), tmp_path / "img")
+    assert ds.report.counts == {coco.BAD_KEYPOINTS: 4}
+    keypoints = ds[0].annotations.keypoints
+    assert keypoints is not None and keypoints.shape == (5, 2, 3)
+    assert torch.isfinite(keypoints).all() and (keypoints[1:] == 0).all()
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+GOOD_IMAGE = {"id": 1, "file_name": "a.png", "height": 8, "width": 10}
+CATS = [{"id": 1}]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not a JSON file"),
+        ("", "not a JSON file"),
+        (json.dumps([GOOD_IMAGE]), "expected a COCO object .* got a JSON array"),
+        (json.dumps({"annotations": [], "categories": [{"id": 1}]}), "no 'images' list"),
+        (json.dumps({"images": {}, "categories": [{"id": 1}]}), "'images' is a object, not a list"),
+        (json.dumps({"images": [GOOD_IMAGE], "annotations": {}, "categories": [{"id": 1}]}),
+         "'annotations' is a object, not a list"),
+        (json.dumps({"images": [{"file_name": "a.png", "height": 8, "width": 10}], "categories": CATS}),
+         "image entry 0 has no integer 'id'"),
+        (json.dumps({"images": [dict(GOOD_IMAGE, id="1")], "categories": [{"id": 1}]}),
+         "image entry 0 has no integer 'id'"),
+        (json.dumps({"images": [{"id": 1, "height": 8, "width": 10}], "categories": [{"id": 1}]}),
+         r"image entry 0 \(id 1\) has no 'file_name'"),
+        (json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 10}], "categories": [{"id": 1}]}),
+         "needs positive integer 'height' and 'width', got None and 10"),
+        (json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": 8}], "categories": [{"id": 1}]}),
+         "needs positive integer 'height' and 'width'"),
+        (json.dumps({"images": [dict(GOOD_IMAGE, height=-8)], "categories": [{"id": 1}]}),
+         "needs positive integer 'height' and 'width'"),
+        (json.dumps({"images": [GOOD_IMAGE, 3], "categories": [{"id": 1}]}), "image entry 1 is a number"),
+        (json.dumps({"images": [GOOD_IMAGE], "annotations": []}), "no categories"),
+        (json.dumps({"images": [GOOD_IMAGE], "annotations": [], "categories": []}), "no categories"),
+        (json.dumps({"images": [GOOD_IMAGE], "categories": [{"name": "x"}]}),
+         "category 0 has no integer 'id'"),
+        (json.dumps({"images": [GOOD_IMAGE], "categories": [{"id": 1}, {"id": 1}]}),
+         "category id 1 appears twice"),
+        (json.dumps({"images": [GOOD_IMAGE], "categories": [{"id": 1, "keypoints": 17}]}),
+         "'keypoints' is not a list of names"),
+    ],
+)
+def test_bad_structure_is_a_one_line_dataset_error(tmp_path: Path, content: str, message: str) -> None:
+    _write_image(tmp_path / "img" / "a.png", 8, 10)
+    path = _write_text(tmp_path / "ann.json", content)
+    with pytest.raises(DatasetError, match=message) as info:
+        CocoDataset(path, tmp_path / "img")
+    text = str(info.value)
+    assert text.startswith(str(path)) and "\n" not in text
+    assert isinstance(info.value, ValueError)  # callers catching ValueError still do
+
+
+def test_missing_or_binary_annotation_file_is_a_dataset_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no such annotation file"):
+        CocoDataset(tmp_path / "absent.json", tmp_path)
+    path = tmp_path / "bytes.json"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(DatasetError, match="not a JSON file"):
+        CocoDataset(path, tmp_path)
+
+
+def test_file_without_annotations_has_only_negatives(tmp_path: Path) -> None:
+    _write_image(tmp_path / "img" / "a.png", 8, 10)
+    path = _write_text(tmp_path / "ann.json", json.dumps({"images": [GOOD_IMAGE], "categories": [{"id": 1}]}))
+    ds = CocoDataset(path, tmp_path / "img")
+    assert len(ds) == 1 and ds.report.total == 0 and ds.class_names == ("1",)
+    a = ds[0].annotations
+    assert a.boxes.shape == (0, 4) and a.masks is not None and a.masks.shape == (0, 8, 10)
+    # ... and it goes through the training transform as a negative.
+    cfg = InputConfig(min_size=16, max_size=100, train_min_sizes=(16,))
+    _, targets = train_transform(ds[0], cfg, np.random.default_rng(0))
+    assert len(targets) == 0 and targets.masks is not None and targets.masks.shape == (0, 16, 20)
+
+
+def test_image_names_the_file_system_cannot_hold_are_missing_images(tmp_path: Path) -> None:
+    _write_image(tmp_path / "img" / "a.png", 8, 10)
+    images = [
+        GOOD_IMAGE,
+        {"id": 2, "file_name": "b\u0000.png", "height": 8, "width": 10},
+        {"id": 3, "file_name": "c" * 5000 + ".png", "height": 8, "width": 10},  # too long for a name
+    ]
+    ds = CocoDataset(_write_json(tmp_path / "ann.json", images, []), tmp_path / "img")
+    assert len(ds) == 1 and ds.report.counts == {coco.MISSING_IMAGE: 2}
+
+
+def test_size_mismatch_error_is_a_dataset_error() -> None:
+    assert issubclass(ImageSizeMismatchError, DatasetError)
+
+
+def test_repeated_image_id_drops_every_image_of_it(tmp_path: Path) -> None:
+    _write_image(tmp_path / "img" / "a.png", 8, 10)
+    _write_image(tmp_path / "img" / "b.png", 8, 10)
+    _write_image(tmp_path / "img" / "c.png", 8, 10)
+    images = [GOOD_IMAGE, dict(GOOD_IMAGE, file_name="b.png"), dict(GOOD_IMAGE, id=2, file_name="c.png")]
+    anns = [_ann(1, 1, [1, 1, 3, 2]), _ann(2, 2, [1, 1, 3, 2])]
+    ds = CocoDataset(_write_json(tmp_path / "ann.json", images, anns), tmp_path / "img")
+    # Annotation 1 could be on a.png or b.png: neither is kept, and nothing else is reported.
+    assert ds.file_names == ["c.png"] and len(ds[0].annotations) == 1
+    assert ds.report.counts == {coco.DUPLICATE_IMAGE: 1}

@@ -14,6 +14,7 @@ from PIL import Image
 from maskrcnn.data.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
+    collect_images,
     list_images,
     load_image,
     to_rgb_array,
@@ -54,6 +55,20 @@ def test_list_images_keeps_given_order_and_duplicates(tmp_path: Path) -> None:
     first.write_bytes(b"x")
     second.write_bytes(b"x")
     assert list_images([first, second, first]) == [first, second, first]
+
+
+def test_collect_images_names_relative_to_the_common_folder(tmp_path: Path) -> None:
+    for name in ("a/x.png", "b/x.png", "b/y.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    named = collect_images([tmp_path / "b" / "y.jpg", tmp_path / "a", tmp_path / "b" / "x.png"])
+    assert [name for _, name in named] == ["b/y.jpg", "a/x.png", "b/x.png"]
+    # One folder, or files of one folder: names inside it, the same either way.
+    assert [name for _, name in collect_images([tmp_path / "b"])] == ["x.png", "y.jpg"]
+    assert [name for _, name in collect_images([tmp_path / "b" / "y.jpg"])] == ["y.jpg"]
+    with pytest.raises(ValueError, match="y.jpg: given twice"):
+        collect_images([tmp_path / "b", f"{tmp_path}/a/../b/y.jpg"])
+    assert collect_images([tmp_path]) == []  # only subfolders: no images
 
 
 def test_list_images_missing_path_raises_naming_it(tmp_path: Path) -> None:

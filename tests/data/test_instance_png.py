@@ -11,8 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from maskrcnn.config import InputConfig
 from maskrcnn.data import coco, instance_png
+from maskrcnn.data.augment import train_transform
 from maskrcnn.data.instance_png import InstancePngDataset, masks_to_boxes
+from maskrcnn.data.validation import DatasetError
 
 
 def _write_image(path: Path, height: int, width: int) -> np.ndarray:
@@ -164,3 +167,39 @@ def test_masks_to_boxes_hand_case() -> None:
     masks[1, 4, 0] = 1
     assert masks_to_boxes(masks).tolist() == [[2.0, 1.0, 6.0, 3.0], [0.0, 4.0, 1.0, 5.0]]
     assert masks_to_boxes(torch.zeros((0, 5, 7), dtype=torch.uint8)).shape == (0, 4)
+
+
+def test_images_without_instances_are_negatives_through_the_training_transform(tmp_path: Path) -> None:
+    # An all-background mask and a crowd-only mask (a Cityscapes car group, id 26 < 1000).
+    image_root, mask_root = tmp_path / "images", tmp_path / "masks"
+    _write_image(image_root / "empty.png", 6, 8)
+    _write_ids(mask_root / "empty_mask.png", np.zeros((6, 8), dtype=np.uint16))
+    crowd = np.zeros((6, 8), dtype=np.uint16)
+    crowd[2:4, 1:5] = 26
+    _write_image(image_root / "crowd.png", 6, 8)
+    _write_ids(mask_root / "crowd_mask.png", crowd)
+    spec = {"classes": ["car"], "instance_to_class": "cityscapes", "class_ids": {"26": "car"}}
+    ds = InstancePngDataset(image_root, mask_root, _write_classes(tmp_path / "c.json", spec))
+    assert len(ds) == 2 and ds.report.total == 0
+
+    cfg = InputConfig(min_size=12, max_size=100, train_min_sizes=(12,), flip_prob=1.0)
+    for i in range(2):
+        _, targets = train_transform(ds[i], cfg, np.random.default_rng(i))
+        assert targets.boxes.shape == (0, 4) and targets.labels.shape == (0,)
+        assert targets.masks is not None and targets.masks.shape == (0, 12, 16)
+    assert [len(ds[i].annotations.crowd_boxes) for i in range(2)] == [1, 0]  # sorted: crowd.png first
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "the class file is not JSON"),
+        ('["car"]', "expected an object with 'classes'"),
+        ('{"classes": ["car"], "instance_to_class": {"one": "car"}}', "keys that are not instance ids"),
+    ],
+)
+def test_unusable_class_file_is_a_dataset_error(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "c.json").write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        InstancePngDataset(tmp_path / "img", tmp_path / "img", tmp_path / "c.json")

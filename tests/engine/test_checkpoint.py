@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from maskrcnn.config import (
 )
 from maskrcnn.convert import CheckpointError, load_checkpoint
 from maskrcnn.convert.shapes import expected_state_shapes
-from maskrcnn.engine.checkpoint import FORMAT_NAME, save_model, unpack_model
+from maskrcnn.engine.checkpoint import FORMAT_NAME, remove_stale_temporaries, save_model, unpack_model
 
 # A full ResNet-50 with slim heads: every name and shape of a real model, a quarter of the bytes.
 SLIM = ModelConfig(
@@ -169,3 +172,49 @@ def test_unpack_model_checks_the_payload() -> None:
         unpack_model({"format": FORMAT_NAME, "config": {}, "model": {"w": 1.0}})
     cfg, state = unpack_model({"format": FORMAT_NAME, "config": json.dumps(SLIM.to_dict()), "model": {}})
     assert cfg == SLIM and state == {}
+
+
+_KILLED_SAVE = """
+import os, signal, sys, time
+from pathlib import Path
+
+import torch
+
+from maskrcnn.cli import sigterm_as_interrupt
+from maskrcnn.engine import checkpoint
+from tests.helpers import small_config
+
+def killed_while_writing(payload, path):
+    Path(path).write_bytes(b"the first half of a checkpoint")
+    os.kill(os.getpid(), signal.SIGTERM)  # as a job scheduler or `kill` does
+    time.sleep(30)
+
+checkpoint.torch.save = killed_while_writing
+with sigterm_as_interrupt():
+    try:
+        checkpoint.save_model(Path(sys.argv[1]), small_config(), {"w": torch.zeros(2)})
+    except KeyboardInterrupt:
+        sys.exit(143)
+"""
+
+
+def test_sigterm_during_a_save_leaves_no_temporary_file(tmp_path: Path) -> None:
+    # Python's default SIGTERM ends the process at once, skipping the clean-up; the command
+    # turns it into an exception so the temporary file is removed and the old checkpoint kept.
+    (tmp_path / "last.pth").write_bytes(b"the previous checkpoint")
+    run = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(tmp_path / "last.pth")],
+                         cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 143, run.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+    assert (tmp_path / "last.pth").read_bytes() == b"the previous checkpoint"
+
+
+def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
+    target = tmp_path / "last_checkpoint.pth"
+    stale = tmp_path / ".last_checkpoint.pth.4999999.0a1b2c3d.tmp"  # above Linux's largest pid: no writer
+    live = tmp_path / f".last_checkpoint.pth.{os.getppid()}.0a1b2c3d.tmp"  # its writer still runs
+    other = tmp_path / ".model_final.pth.4999999.0a1b2c3d.tmp"
+    for path in (stale, live, other):
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries(target) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])

@@ -34,7 +34,7 @@ from maskrcnn.engine.evaluate import (
 from maskrcnn.engine.predict import Predictor, load
 from maskrcnn.structures import Detections
 
-from ..helpers import with_input, write_small_checkpoint
+from ..helpers import error_line, with_input, write_small_checkpoint
 
 # pycocotools' annToMask (used here to build perfect results) trips a numpy 2 deprecation.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -190,7 +190,7 @@ def test_ground_truth_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a JSON file"):
         load_ground_truth(bad)
     bad.write_text(json.dumps({"images": []}))
-    with pytest.raises(ValueError, match="annotations or categories"):
+    with pytest.raises(ValueError, match="no categories list"):
         load_ground_truth(bad)
 
 
@@ -357,18 +357,19 @@ def test_cli_evaluate(weights: Path, dataset: tuple[Path, Path], tmp_path: Path,
     assert rescored == {k: metrics[k] for k in ("bbox", "segm")}
 
 
-def test_cli_evaluate_errors(weights: Path, dataset: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_evaluate_errors(weights: Path, dataset: tuple[Path, Path], tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
     json_path, images = dataset
     base = ["evaluate", "--out", str(tmp_path / "m.json")]
-    with pytest.raises(SystemExit, match="no such annotation file: .*missing.json"):
-        main([*base, "--json", str(tmp_path / "missing.json"), "--images", str(images),
-              "--weights", str(weights)])
-    with pytest.raises(SystemExit, match="no such image directory"):
-        main([*base, "--json", str(json_path), "--images", str(tmp_path / "nodir"),
-              "--weights", str(weights)])
-    with pytest.raises(SystemExit, match="error: .*nothing.safetensors"):
-        main([*base, "--json", str(json_path), "--images", str(images),
-              "--weights", str(tmp_path / "nothing.safetensors")])
+    assert main([*base, "--json", str(tmp_path / "missing.json"), "--images", str(images),
+                 "--weights", str(weights)]) == 1
+    error_line(capsys.readouterr().err, "no such annotation file", "missing.json")
+    assert main([*base, "--json", str(json_path), "--images", str(tmp_path / "nodir"),
+                 "--weights", str(weights)]) == 1
+    error_line(capsys.readouterr().err, "no such image directory", "nodir")
+    assert main([*base, "--json", str(json_path), "--images", str(images),
+                 "--weights", str(tmp_path / "nothing.safetensors")]) == 1
+    error_line(capsys.readouterr().err, "nothing.safetensors")
     assert not (tmp_path / "m.json").exists()
 
 
@@ -608,3 +609,63 @@ def test_evaluate_keypoint_model_end_to_end(keypoint_weights: Path, keypoint_dat
     # The detections file holds the keypoints evaluated: scoring it again gives the same numbers.
     rescored = coco_metrics(load_ground_truth(json_path), detections, ("bbox", "keypoints"), image_ids=[5, 9])
     assert rescored == {k: metrics[k] for k in ("bbox", "keypoints")}
+
+
+# ------------------------------------------------------------------ images without ground truth
+
+
+def _write_gt(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_image_without_ground_truth_counts_only_false_positives(tmp_path: Path) -> None:
+    data = _dataset((1, 5))
+    data["images"].append({"id": 99, "file_name": "empty.png", "height": 160, "width": 200})
+    gt = load_ground_truth(_write_gt(tmp_path, data))
+    perfect = _perfect_results(gt)
+    metrics = coco_metrics(gt, perfect)
+    assert _all(metrics["bbox"], 1.0) and _all(metrics["segm"], 1.0), metrics
+    # A confident detection on the empty image is a false positive ranked first.
+    false_positive = {**perfect[0], "image_id": 99}
+    lower = [{**r, "score": 0.9} for r in perfect]
+    worse = coco_metrics(gt, [false_positive, *lower], image_ids=[3, 7, 12, 99])
+    assert worse["bbox"]["AP"] < 1.0 and worse["segm"]["AP"] < 1.0
+
+
+def test_file_without_annotations_is_all_negatives(tmp_path: Path) -> None:
+    data = _dataset((1, 5))
+    del data["annotations"]
+    gt = load_ground_truth(_write_gt(tmp_path, data))
+    assert gt.getAnnIds() == []
+    detection = {"image_id": 3, "category_id": 1, "score": 0.9, "bbox": [10, 10, 20, 20],
+                 "segmentation": mask_utils.frPyObjects([[10, 10, 30, 10, 30, 30]], 160, 200)[0]}
+    detection["segmentation"]["counts"] = detection["segmentation"]["counts"].decode()
+    for results in ([], [detection]):
+        metrics = coco_metrics(gt, results)
+        # No ground truth anywhere: AP is undefined (None), not a crash and not 0.
+        assert all(v is None for kind in ("bbox", "segm") for v in metrics[kind].values()), metrics
+
+
+def test_ground_truth_that_cocoeval_cannot_score_is_left_out_with_a_warning(tmp_path: Path) -> None:
+    data = _dataset((1, 5))
+    good = len(data["annotations"])
+    first = data["annotations"][0]
+    rle = mask_utils.frPyObjects(first["segmentation"], 160, 200)[0]
+    counts = rle["counts"].decode()
+    data["annotations"] += [
+        {**first, "id": 100, "segmentation": {"size": [160, 200], "counts": counts[:-1] + "`"}},  # truncated
+        {**first, "id": 101, "segmentation": {"size": [160, 200], "counts": counts[:-2]}},  # short of pixels
+        {**first, "id": 102, "segmentation": [[1, 2, 3]]},
+        {**first, "id": 1},  # a repeated id
+        {**first, "id": 103, "image_id": 404},
+        "not an annotation",
+    ]
+    no_area = {k: v for k, v in first.items() if k != "area"}
+    data["annotations"][0] = no_area  # pycocotools needs 'area': it is computed
+    with pytest.warns(UserWarning, match=r"6 ground-truth annotations left out \(.*3 with a malformed seg"):
+        gt = load_ground_truth(_write_gt(tmp_path, data))
+    assert len(gt.getAnnIds()) == good and gt.anns[1]["area"] == pytest.approx(first["area"])
+    metrics = coco_metrics(gt, _perfect_results(gt))
+    assert _all(metrics["bbox"], 1.0) and _all(metrics["segm"], 1.0), metrics

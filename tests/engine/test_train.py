@@ -1,4 +1,5 @@
-"""The training loop: learning-rate schedule, config overrides, exact resume, non-finite losses.
+"""The training loop: learning-rate schedule, config overrides, exact resume, non-finite losses,
+and the ``train`` command's errors, Ctrl-C and ``--resume``.
 
 Training runs use the demo preset on 16 synthetic 64 x 64 images with small
 RPN and RoI batches, so an iteration takes a fraction of a second on one core.
@@ -16,10 +17,13 @@ from typing import Any
 import pytest
 import torch
 
+from maskrcnn.cli import main
 from maskrcnn.config import PRESETS, ModelConfig, SolverConfig
 from maskrcnn.data.coco import CocoDataset
 from maskrcnn.data.synthetic import generate
 from maskrcnn.engine.train import LAST_CHECKPOINT, Trainer, configure, lr_factor, replace_fields
+
+from ..helpers import error_line, tiny_demo_config, write_small_checkpoint
 
 LOSS_KEYS = ("loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box", "loss_mask")
 
@@ -159,16 +163,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> CocoDataset:
 
 
 def _model_cfg(dataset: CocoDataset) -> ModelConfig:
-    base = PRESETS["demo-r18-fpn"].model
-    return base.replace(
-        num_classes=len(dataset.class_names),
-        class_names=dataset.class_names,
-        category_ids=dataset.category_ids,
-        input=dataclasses.replace(base.input, min_size=64, max_size=64, train_min_sizes=(64,)),
-        rpn=dataclasses.replace(base.rpn, batch_size_per_image=32, pre_nms_topk_train=200,
-                                post_nms_topk_train=100),
-        box_head=dataclasses.replace(base.box_head, batch_size_per_image=32),
-    )
+    return tiny_demo_config(dataset)
 
 
 def _solver(**changes: Any) -> SolverConfig:
@@ -295,3 +290,113 @@ def test_initial_weights_with_other_classes_keep_fresh_class_layers(dataset: Coc
     assert torch.equal(loaded["backbone.body.conv1.weight"], source["backbone.body.conv1.weight"])
     assert torch.equal(loaded["box_head.fc1.weight"], source["box_head.fc1.weight"])
     assert loaded["box_head.cls_score.weight"].shape[0] == len(dataset.class_names) + 1
+
+
+# ------------------------------------------------------------------ the train command: errors, Ctrl-C, resume
+
+
+def _train_args(dataset: CocoDataset, out: Path, *extra: str) -> list[str]:
+    """``maskrcnn train`` with the sizes of ``_model_cfg`` and ``_solver``: two iterations."""
+    return [
+        "train", "--train-json", str(dataset.json_path), "--train-images", str(dataset.image_dir),
+        "--out", str(out), "--preset", "demo-r18-fpn", "--iterations", "2", "--batch-size", "2",
+        "--min-size", "64", "--max-size", "64",
+        "--set", "rpn.batch_size_per_image=32", "rpn.pre_nms_topk_train=200", "rpn.post_nms_topk_train=100",
+        "box_head.batch_size_per_image=32", "solver.num_workers=0", "solver.log_period=1",
+        "solver.checkpoint_period=0", *extra,
+    ]
+
+
+def _bad_input(case: str, dataset: CocoDataset, tmp: Path) -> tuple[list[str], int, str]:
+    """Command line, expected exit status, and what the error line must name."""
+    out = tmp / "run"
+    good = {"images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}], "annotations": [],
+            "categories": [{"id": 1, "name": "a"}]}
+    if case in ("not-json", "top-level-list", "image-without-id"):
+        path = tmp / f"{case}.json"
+        path.write_text({"not-json": "{'images': oops",
+                         "top-level-list": json.dumps([good]),
+                         "image-without-id": json.dumps({**good, "images": [{"file_name": "a.png"}]})}[case])
+        args = _train_args(dataset, out)
+        args[args.index("--train-json") + 1] = str(path)
+        return args, 1, str(path)
+    if case == "batch-size-0":
+        return _train_args(dataset, out, "--batch-size", "0"), 2, "--batch-size"
+    if case == "batch-size-negative":
+        return _train_args(dataset, out, "--batch-size", "-1"), 2, "--batch-size"
+    if case == "negative-lr":
+        return _train_args(dataset, out, "--set", "solver.base_lr=-1"), 2, "base_lr"
+    if case == "corrupt-weights":
+        weights = tmp / "corrupt.pth"
+        weights.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+        return _train_args(dataset, out, "--weights", str(weights)), 1, str(weights)
+    checkpoint = out / LAST_CHECKPOINT
+    if case == "resume-corrupt":
+        out.mkdir()
+        checkpoint.write_bytes(bytes(range(256)) * 16)
+    else:  # resume-other-classes: the checkpoint of a run on 7 classes
+        cfg = _model_cfg(dataset)
+        cfg = cfg.replace(num_classes=7, class_names=tuple("abcdefg"), category_ids=tuple(range(1, 8)))
+        Trainer(model_cfg=cfg, solver=_solver(), dataset=dataset, out_dir=out, progress=False).save()
+    return _train_args(dataset, out, "--resume"), 1, str(checkpoint)
+
+
+@pytest.mark.parametrize("case", [
+    # The six of the issue, then more of the same kind.
+    "not-json", "top-level-list", "image-without-id", "batch-size-0", "corrupt-weights",
+    "resume-other-classes", "batch-size-negative", "negative-lr", "resume-corrupt",
+])
+def test_bad_train_inputs_give_one_line_and_no_traceback(case: str, dataset: CocoDataset, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]):
+    args, status, name = _bad_input(case, dataset, tmp_path)
+    assert main(args) == status
+    err = capsys.readouterr().err
+    error_line(err, name)
+    assert "weights_only" not in err  # torch's advice to load untrusted pickles
+    assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(dataset: CocoDataset, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch):
+    from maskrcnn.model import MaskRCNN
+
+    real_loss = MaskRCNN.loss
+    calls = iter(range(100))
+
+    def interrupted_second_step(self, batch, targets):  # noqa: ANN001, ANN202
+        if next(calls) == 1:
+            raise KeyboardInterrupt
+        return real_loss(self, batch, targets)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(MaskRCNN, "loss", interrupted_second_step)
+        assert main(_train_args(dataset, out)) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    assert "iteration 1" in message and str(out / LAST_CHECKPOINT) in message and "--resume" in message
+    assert torch.load(out / LAST_CHECKPOINT, map_location="cpu", weights_only=True)["iteration"] == 1
+    assert not list(out.glob(".*.tmp"))
+    # Doing what the message says finishes the run.
+    assert main(_train_args(dataset, out, "--resume")) == 0
+    assert "resumed from iteration 1" in capsys.readouterr().err
+    assert sorted(_metrics(out)) == [1, 2]
+
+
+def test_resume_without_a_checkpoint_says_so(dataset: CocoDataset, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "run"
+    assert main(_train_args(dataset, out, "--resume", "--iterations", "1")) == 0
+    err = capsys.readouterr().err
+    assert f"no checkpoint yet ({out / LAST_CHECKPOINT} does not exist); starting from iteration 0" in err
+
+
+def test_initial_weights_that_barely_fit_get_a_warning(dataset: CocoDataset, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]):
+    # An R50-FPN checkpoint for the demo's narrow ResNet-18: almost no tensor fits.
+    weights = write_small_checkpoint(tmp_path / "r50.safetensors")
+    assert main(_train_args(dataset, tmp_path / "run", "--weights", str(weights), "--iterations", "1")) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and str(weights) in warning[0] and "fit" in warning[0]

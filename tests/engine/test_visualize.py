@@ -1,14 +1,22 @@
-"""Tests for maskrcnn.engine.visualize.draw_detections."""
+"""Tests for maskrcnn.engine.visualize: draw_detections and the pictures' file names."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from maskrcnn.engine.visualize import CONTOUR_DARKEN, MASK_ALPHA, PALETTE, color_for, draw_detections
+from maskrcnn.engine.visualize import (
+    CONTOUR_DARKEN,
+    MASK_ALPHA,
+    PALETTE,
+    color_for,
+    draw_detections,
+    picture_paths,
+)
 
 GREY = 100
 HEIGHT, WIDTH = 100, 120  # line width 1 and the minimum font size at this size
@@ -150,3 +158,12 @@ def test_mask_probabilities_are_thresholded_and_shapes_checked() -> None:
         draw_detections(_grey_image(), **detection)
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         draw_detections(np.zeros((HEIGHT, WIDTH), np.uint8), np.zeros((0, 4)), [], np.zeros(0))
+
+
+def test_picture_paths_never_collide() -> None:
+    names = ["a/x.png", "b/x.png", "x.jpg", "x.png", "y.jpeg"]
+    assert [p.as_posix() for p in picture_paths(names, Path("viz"))] == [
+        "viz/a/x.png", "viz/b/x.png", "viz/x.jpg.png", "viz/x.png.png", "viz/y.png",
+    ]
+    with pytest.raises(ValueError, match="X.png and x.png would both be"):
+        picture_paths(["X.png", "x.png"], Path("viz"))  # one file on a case-insensitive disk

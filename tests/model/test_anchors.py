@@ -30,7 +30,7 @@ def _generator(stride: int, round_to_int: bool, offset: float = 0.0) -> AnchorGe
 @pytest.mark.parametrize(("round_to_int", "cell"), [(True, CELL_ROUNDED), (False, CELL_EXACT)])
 def test_single_location_stride_16(round_to_int: bool, cell: list[list[float]]) -> None:
     # A 15 x 15 image at stride 16: a 1 x 1 feature map, anchors centred at (0, 0).
-    (anchors,) = _generator(16, round_to_int)([(1, 1)], torch.device("cpu"))
+    (anchors,) = _generator(16, round_to_int)([(1, 1)], (16, 16), torch.device("cpu"))
     assert anchors.shape == (3, 4)
     torch.testing.assert_close(anchors, torch.tensor(cell), rtol=0, atol=1e-5)
 
@@ -39,7 +39,7 @@ def test_single_location_stride_16(round_to_int: bool, cell: list[list[float]]) 
 def test_four_locations_stride_8(round_to_int: bool, cell: list[list[float]]) -> None:
     # A 15 x 15 image at stride 8: a 2 x 2 feature map. Location-major (row, then
     # column), then aspect ratio: centres (0, 0), (8, 0), (0, 8), (8, 8) as (x, y).
-    (anchors,) = _generator(8, round_to_int)([(2, 2)], torch.device("cpu"))
+    (anchors,) = _generator(8, round_to_int)([(2, 2)], (16, 16), torch.device("cpu"))
     expected = []
     for cx, cy in [(0.0, 0.0), (8.0, 0.0), (0.0, 8.0), (8.0, 8.0)]:
         for x0, y0, x1, y1 in cell:
@@ -56,7 +56,7 @@ def test_four_locations_stride_8(round_to_int: bool, cell: list[list[float]]) ->
 
 
 def test_offset_half_centres_anchors_in_cells() -> None:
-    (anchors,) = _generator(8, True, offset=0.5)([(2, 2)], torch.device("cpu"))
+    (anchors,) = _generator(8, True, offset=0.5)([(2, 2)], (16, 16), torch.device("cpu"))
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
     expected = torch.tensor([[4.0, 4.0]] * 3 + [[12.0, 4.0]] * 3 + [[4.0, 12.0]] * 3 + [[12.0, 12.0]] * 3)
     torch.testing.assert_close(centres, expected)
@@ -66,7 +66,7 @@ def test_non_square_map_order_and_several_levels() -> None:
     gen = AnchorGenerator(
         sizes=((32.0,), (64.0,)), aspect_ratios=(0.5, 1.0, 2.0), strides=(4, 8), round_to_int=False
     )
-    a4, a8 = gen([(2, 3), (1, 2)], torch.device("cpu"))
+    a4, a8 = gen([(2, 3), (1, 2)], (8, 12), torch.device("cpu"))
     assert a4.shape == (2 * 3 * 3, 4) and a8.shape == (1 * 2 * 3, 4)
     # Row-major locations: x varies fastest.
     centres = ((a4[:, :2] + a4[:, 2:]) / 2)[::3]
@@ -126,7 +126,7 @@ def test_several_sizes_at_one_level_are_size_major() -> None:
     gen = AnchorGenerator(sizes=((32.0, 64.0),), aspect_ratios=(0.5, 1.0, 2.0), strides=(16,),
                           round_to_int=False)
     assert gen.num_anchors == 6
-    (anchors,) = gen([(1, 2)], torch.device("cpu"))
+    (anchors,) = gen([(1, 2)], (16, 32), torch.device("cpu"))
     assert anchors.shape == (12, 4)
     widths = (anchors[:, 2] - anchors[:, 0]).tolist()
     heights = (anchors[:, 3] - anchors[:, 1]).tolist()

@@ -134,3 +134,17 @@ def test_fpn_top_down_on_constant_inputs() -> None:
     p = fpn(c)
     assert [float(x.unique().item()) for x in p] == [111.0, 110.0, 100.0, 100.0]
     assert p[3].shape == (1, 1, 1, 1)
+
+
+def test_dilated_res5_keeps_stride_16() -> None:
+    # DC5: res5's first block does not subsample and every 3x3 conv of res5 is dilated by 2
+    # (padding 2), so C5 has C4's size; res2..res4 are unchanged.
+    body = _meta_resnet50(res5_dilation=2)
+    x = torch.zeros(1, 3, 64, 96, device="meta")
+    c2, c3, c4, c5 = body(x)
+    assert c4.shape[-2:] == c5.shape[-2:] == (4, 6)
+    assert c5.shape[1] == 2048
+    first = body.layer4[0]
+    assert first.conv1.stride == first.conv2.stride == first.downsample[0].stride == (1, 1)
+    assert all(b.conv2.dilation == (2, 2) and b.conv2.padding == (2, 2) for b in body.layer4)
+    assert all(b.conv2.dilation == (1, 1) for b in body.layer3)

@@ -421,3 +421,90 @@ def test_class_agnostic_mask_loss_by_hand() -> None:
     for classes in ([1, 3], [2, 2]):
         loss = mask_loss(logits, torch.tensor(classes), targets, "class_agnostic")
         assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+# ------------------------------------------------------------------ images without instances, every variant
+
+
+def _assert_negative_losses(losses: dict[str, torch.Tensor], zero: tuple[str, ...]) -> None:
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    for key in zero:
+        assert losses[key].item() == 0.0, key
+    for key in ("loss_rpn_objectness", "loss_classifier"):
+        assert losses[key].item() > 0, key
+
+
+def _assert_finite_gradients(model: torch.nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), name
+
+
+def test_crowd_only_images_are_negatives(model: MaskRCNN):
+    # No instance, one crowd region each: what a COCO image with only iscrowd annotations gives.
+    targets = [_empty_targets(seed=1), _empty_targets(seed=2)]
+    targets[0].crowd_boxes = torch.tensor([[4.0, 4.0, 40.0, 40.0]])
+    targets[1].crowd_boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0]])  # covers the whole image
+    model.zero_grad(set_to_none=True)
+    losses = model.loss(_batch(2, seed=5), targets)
+    _assert_negative_losses(losses, ("loss_rpn_box", "loss_box", "loss_mask"))
+    sum(losses.values()).backward()
+    _assert_finite_gradients(model)
+
+
+def test_empty_images_without_masks_or_keypoints_fields(model: MaskRCNN):
+    # Targets built by hand with no mask tensor at all: the mask loss is still an exact 0.
+    targets = [Targets(torch.zeros((0, 4)), torch.zeros((0,), dtype=torch.int64), seed=3)]
+    losses = model.loss(_batch(1, seed=6), targets)
+    _assert_negative_losses(losses, ("loss_rpn_box", "loss_box", "loss_mask"))
+
+
+def test_keypoint_model_on_images_without_instances():
+    from maskrcnn.config import KeypointHeadConfig, PoolerConfig
+
+    torch.manual_seed(0)
+    head = KeypointHeadConfig(pooler=PoolerConfig(resolution=7), conv_dims=(16, 16), num_keypoints=4,
+                              keypoint_names=(), flip_pairs=(), skeleton=())
+    kp_model = build_model(demo_model().replace(num_classes=1, keypoint_head=head))
+    empty = [_empty_targets(seed=1), _empty_targets(seed=2)]
+    empty[0].keypoints = torch.zeros((0, 4, 3))  # as the datasets give it; the other has none
+    kp_model.zero_grad(set_to_none=True)
+    losses = kp_model.loss(_batch(2, seed=7), empty)
+    assert set(losses) == LOSS_KEYS | {"loss_keypoint"}
+    _assert_negative_losses(losses, ("loss_rpn_box", "loss_box", "loss_mask", "loss_keypoint"))
+    sum(losses.values()).backward()
+    _assert_finite_gradients(kp_model)
+    # The exact zero still reaches the keypoint head (data-parallel training needs every parameter used).
+    assert all(p.grad is not None for p in kp_model.keypoint_head.parameters())
+
+
+def test_rpn_loss_when_every_anchor_is_ignored():
+    # Anchors all inside a crowd region of an image without instances: nothing is sampled.
+    anchors = torch.tensor([[10.0, 10.0, 20.0, 20.0], [12.0, 12.0, 18.0, 30.0]])
+    logits = torch.zeros(1, 2, requires_grad=True)
+    deltas = torch.zeros(1, 2, 4, requires_grad=True)
+    losses = rpn_loss(
+        logits, deltas, [anchors], [torch.zeros((0, 4))], [torch.tensor([[0.0, 0.0, 64.0, 64.0]])],
+        [None], box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0)), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+        batch_size_per_image=32, positive_fraction=0.5, smooth_l1_beta=1 / 9, crowd_ioa_thresh=0.7,
+    )
+    assert all(v.item() == 0.0 for v in losses.values()), losses
+    sum(losses.values()).backward()
+    assert torch.equal(logits.grad, torch.zeros(1, 2))
+
+
+def test_sample_rois_without_proposals_or_ground_truth():
+    samples = sample_rois(
+        [torch.zeros((0, 4)), torch.tensor([[1.0, 1.0, 9.0, 9.0], [2.0, 2.0, 30.0, 30.0]])],
+        [_empty_targets(seed=1), _empty_targets(seed=2)], box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)),
+        fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=16, positive_fraction=0.25,
+        crowd_ioa_thresh=0.7,
+    )
+    assert [len(s) for s in samples] == [0, 2]
+    assert samples[1].classes.tolist() == [0, 0] and not samples[1].foreground.any()
+    logits = torch.zeros(2, NUM_CLASSES + 1, requires_grad=True)
+    deltas = torch.zeros(2, 4 * NUM_CLASSES, requires_grad=True)
+    losses = box_head_loss(logits, deltas, samples, smooth_l1_beta=0.0)
+    assert losses["loss_box"].item() == 0.0
+    assert losses["loss_classifier"].item() == pytest.approx(math.log(NUM_CLASSES + 1), rel=1e-6)
+    assert mask_targets(samples, [_empty_targets(1), _empty_targets(2)], 28).shape == (0, 28, 28)

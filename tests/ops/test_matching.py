@@ -186,3 +186,30 @@ def test_sampler_is_reproducible_with_a_seeded_generator(fraction: float):
     a = draw(3)
     torch.manual_seed(123)
     assert draw(3) == a
+
+
+# ---------------------------------------------------------------- images without instances
+
+
+@pytest.mark.parametrize("allow_low_quality", [False, True])
+def test_image_without_instances_samples_only_background(allow_low_quality: bool):
+    # A 20 x 20 grid of 8-pixel anchors over a 160-pixel image, an unannotated image.
+    xy = torch.arange(20.0) * 8
+    corners = torch.stack(torch.meshgrid(xy, xy, indexing="xy"), dim=-1).reshape(-1, 2)
+    anchors = torch.cat((corners, corners + 8), dim=1)  # (400, 4)
+    m = _match(anchors, torch.zeros((0, 4)), allow_low_quality=allow_low_quality,
+               crowd_boxes=torch.zeros((0, 4)))
+    assert (m.label == BG).all() and m.index.shape == (400,)
+    pos, neg = sample_balanced(m.label, batch_size=256, positive_fraction=0.5,
+                               generator=torch.Generator().manual_seed(0))
+    assert pos.numel() == 0 and neg.numel() == 256  # the budget, all background
+    _check_sample(m.label, pos, neg)
+
+
+def test_crowd_only_image_covering_everything_samples_nothing():
+    anchors = torch.tensor([[0.0, 0.0, 8.0, 8.0], [30.0, 30.0, 50.0, 50.0]])
+    m = _match(anchors, torch.zeros((0, 4)), allow_low_quality=True,
+               crowd_boxes=torch.tensor([[0.0, 0.0, 64.0, 64.0]]))
+    assert m.label.tolist() == [IGN, IGN]
+    pos, neg = sample_balanced(m.label, batch_size=256, positive_fraction=0.5)
+    assert pos.numel() == neg.numel() == 0
