@@ -37,7 +37,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from maskrcnn.engine.predict import load
-from maskrcnn.engine.reference import reference_dir, shared_dir, write_fixture_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests/peers.py
+from tests.peers import reference_dir, shared_dir, write_fixture_weights  # noqa: E402
 
 STAGES = ("preprocess", "backbone", "rpn", "box_head", "mask_head", "paste")
 ROOT = Path(__file__).resolve().parents[1]

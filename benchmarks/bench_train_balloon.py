@@ -53,9 +53,11 @@ import torch
 import maskrcnn
 from maskrcnn.config import PRESETS
 from maskrcnn.data.coco import CocoDataset
-from maskrcnn.engine.reference import shared_dir
 from maskrcnn.engine.train import configure
 from maskrcnn.model import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests/peers.py
+from tests.peers import shared_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PEER_PYTHON = ROOT / ".peer-venv" / "bin" / "python"

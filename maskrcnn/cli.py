@@ -279,7 +279,6 @@ def run_train(args: argparse.Namespace) -> int:
         LAST_CHECKPOINT,
         Trainer,
         ValidationSet,
-        check_solver,
         configure,
         setup_distributed,
     )
@@ -325,10 +324,6 @@ def run_train(args: argparse.Namespace) -> int:
         cfg, solver = configure(args, dataset)  # --set errors name the key
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
-    try:
-        check_solver(solver)
-    except ValueError as e:
-        raise UsageError(f"{e} (change it with --set solver.NAME=VALUE)") from e
     try:
         _check_model(cfg)
     except (ValueError, TypeError) as e:

@@ -10,8 +10,11 @@ variant of the same model. A config round-trips through ``to_dict`` /
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import types
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 ResizeRule = Literal["torchvision", "detectron2"]
 PasteRule = Literal["torchvision", "detectron2"]
@@ -21,8 +24,90 @@ MaskLoss = Literal["sigmoid", "softmax", "class_agnostic"]
 Architecture = Literal["fpn", "c4", "dc5"]
 
 
+# Numeric fields with a range, checked by ``check_config``: (low, high), None = unbounded.
+_UNIT = (0.0, 1.0)
+_POSITIVE = (1, None)
+_NON_NEGATIVE = (0, None)
+_RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "InputConfig": {"min_size": _POSITIVE, "max_size": _POSITIVE, "size_divisibility": _POSITIVE,
+                    "pixel_range": (1e-12, None), "flip_prob": _UNIT},
+    "BackboneConfig": {"depth": (18, None), "groups": _POSITIVE, "width_per_group": _POSITIVE,
+                       "base_channels": _POSITIVE, "freeze_at": (0, 5), "norm_eps": _NON_NEGATIVE},
+    "FPNConfig": {"out_channels": _POSITIVE},
+    "RPNConfig": {"pre_nms_topk_test": _POSITIVE, "post_nms_topk_test": _POSITIVE,
+                  "pre_nms_topk_train": _POSITIVE, "post_nms_topk_train": _POSITIVE,
+                  "nms_thresh": _UNIT, "min_box_size": _NON_NEGATIVE, "fg_iou_thresh": _UNIT,
+                  "bg_iou_thresh": _UNIT, "batch_size_per_image": _POSITIVE, "positive_fraction": _UNIT,
+                  "smooth_l1_beta": _NON_NEGATIVE, "crowd_ioa_thresh": _UNIT},
+    "PoolerConfig": {"resolution": _POSITIVE, "sampling_ratio": _NON_NEGATIVE,
+                     "canonical_box_size": (1e-12, None)},
+    "BoxHeadConfig": {"num_fc": _NON_NEGATIVE, "fc_dim": _POSITIVE, "score_thresh": _UNIT,
+                      "nms_thresh": _UNIT, "detections_per_image": _POSITIVE, "min_box_size": _NON_NEGATIVE,
+                      "fg_iou_thresh": _UNIT, "bg_iou_thresh": _UNIT, "batch_size_per_image": _POSITIVE,
+                      "positive_fraction": _UNIT, "smooth_l1_beta": _NON_NEGATIVE, "crowd_ioa_thresh": _UNIT},
+    "MaskHeadConfig": {"threshold": _UNIT},
+    "ModelConfig": {"num_classes": _POSITIVE},
+    "SolverConfig": {"iterations": _POSITIVE, "batch_size": _POSITIVE, "base_lr": _NON_NEGATIVE,
+                     "reference_batch_size": _POSITIVE, "momentum": _NON_NEGATIVE,
+                     "weight_decay": _NON_NEGATIVE, "warmup_iters": _NON_NEGATIVE, "warmup_factor": _UNIT,
+                     "gamma": _NON_NEGATIVE, "clip_grad_norm": _NON_NEGATIVE,
+                     "checkpoint_period": _NON_NEGATIVE, "eval_period": _NON_NEGATIVE,
+                     "log_period": _POSITIVE, "num_workers": _NON_NEGATIVE,
+                     "max_nonfinite_steps": _NON_NEGATIVE},
+}
+
+
+class _Checked:
+    """Validates a config dataclass where it is built (``__post_init__``).
+
+    Every ``Literal`` field must hold one of its choices, and the numbers named
+    in ``_RANGES`` must lie in their range; anything else is a ValueError that
+    names the class, the field and what is allowed, never a silent fallback.
+    """
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
+def _choices(hint: Any) -> tuple[Any, ...] | None:
+    """The values a ``Literal[...]`` (or ``Literal[...] | None``) hint allows; None for other hints."""
+    if get_origin(hint) is Literal:
+        return get_args(hint)
+    if get_origin(hint) in (Union, types.UnionType):
+        inner = [_choices(arg) for arg in get_args(hint) if arg is not type(None)]
+        if len(inner) == 1 and inner[0] is not None:
+            return (*inner[0], None)
+    return None
+
+
+@functools.cache
+def _field_choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    hints = get_type_hints(cls)
+    found = {f.name: _choices(hints[f.name]) for f in fields(cls)}
+    return {name: c for name, c in found.items() if c is not None}
+
+
+def check_config(obj: Any) -> None:
+    """Raise ValueError when a field of config dataclass ``obj`` is outside its choices or range."""
+    cls = type(obj)
+    for name, choices in _field_choices(cls).items():
+        value = getattr(obj, name)
+        if value not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise ValueError(f"{cls.__name__}.{name} = {value!r} is not one of: {allowed}")
+    for name, (low, high) in _RANGES.get(cls.__name__, {}).items():
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{cls.__name__}.{name} = {value!r} is not a finite number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise ValueError(f"{cls.__name__}.{name} = {value!r} is outside {span}")
+
+
 @dataclass(frozen=True)
-class InputConfig:
+class InputConfig(_Checked):
     """How a user's image becomes the network input."""
 
     # Test-time resize: the shortest edge to `min_size`, unless that makes the
@@ -52,7 +137,7 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
-class BackboneConfig:
+class BackboneConfig(_Checked):
     """ResNet / ResNeXt bottleneck backbone with frozen batch norm."""
 
     depth: int = 50  # 50 or 101 (152 works too; 18 and 34 use basic blocks)
@@ -71,7 +156,7 @@ class BackboneConfig:
 
 
 @dataclass(frozen=True)
-class FPNConfig:
+class FPNConfig(_Checked):
     """Feature Pyramid Network P2-P6 (P6 is a stride-2 subsampling of P5)."""
 
     out_channels: int = 256
@@ -81,7 +166,7 @@ class FPNConfig:
 
 
 @dataclass(frozen=True)
-class AnchorConfig:
+class AnchorConfig(_Checked):
     """One anchor size per FPN level, several aspect ratios (height / width)."""
 
     sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
@@ -99,7 +184,7 @@ class AnchorConfig:
 
 
 @dataclass(frozen=True)
-class RPNConfig:
+class RPNConfig(_Checked):
     """Region Proposal Network: head, proposal selection, and training targets."""
 
     pre_nms_topk_test: int = 1000  # per FPN level
@@ -125,7 +210,7 @@ class RPNConfig:
 
 
 @dataclass(frozen=True)
-class PoolerConfig:
+class PoolerConfig(_Checked):
     """Multi-level RoI feature extraction (Section 3 of the paper)."""
 
     kind: PoolerKind = "roi_align"
@@ -142,7 +227,7 @@ class PoolerConfig:
 
 
 @dataclass(frozen=True)
-class BoxHeadConfig:
+class BoxHeadConfig(_Checked):
     """2-fc box head with class-specific regression, and detection post-processing."""
 
     pooler: PoolerConfig = field(default_factory=PoolerConfig)
@@ -168,7 +253,7 @@ class BoxHeadConfig:
 
 
 @dataclass(frozen=True)
-class MaskHeadConfig:
+class MaskHeadConfig(_Checked):
     """Small FCN: 4 conv 3x3, a 2x deconv, one S x S mask per class."""
 
     pooler: PoolerConfig = field(default_factory=lambda: PoolerConfig(resolution=14))
@@ -204,7 +289,7 @@ COCO_SKELETON: tuple[tuple[int, int], ...] = (
 
 
 @dataclass(frozen=True)
-class KeypointHeadConfig:
+class KeypointHeadConfig(_Checked):
     """Keypoint head (Mask R-CNN, Section 5): 8 conv 3x3, a 2x deconv and 2x bilinear upsampling.
 
     Each keypoint is a one-hot ``S x S`` mask over the RoI, ``S = 4 x`` the
@@ -226,6 +311,7 @@ class KeypointHeadConfig:
     pixel_offset: float = 0.5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.keypoint_names and len(self.keypoint_names) != self.num_keypoints:
             raise ValueError(f"{len(self.keypoint_names)} keypoint names for {self.num_keypoints} keypoints")
         for pair in (*self.flip_pairs, *self.skeleton):
@@ -239,7 +325,7 @@ class KeypointHeadConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Checked):
     """The whole detector."""
 
     # "fpn": FPN P2-P6, RoIs pooled from the level their size suits (Figure 4, right);
@@ -266,6 +352,7 @@ class ModelConfig:
     clip_to_original: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         if self.category_ids and len(self.category_ids) != self.num_classes:
@@ -452,7 +539,7 @@ def detectron2_r50_dc5() -> ModelConfig:
 
 
 @dataclass(frozen=True)
-class SolverConfig:
+class SolverConfig(_Checked):
     """Optimisation: SGD with momentum, linear warm-up, step decay (the paper's schedule)."""
 
     # The paper's 1x schedule: 90k iterations at 16 images per iteration.
@@ -471,7 +558,7 @@ class SolverConfig:
     clip_grad_norm: float = 0.0  # 0 = no clipping
     amp: bool = True  # float16 autocast on CUDA (ignored on the CPU)
     bf16_cpu: bool = False  # bfloat16 autocast on the CPU
-    checkpoint_period: int = 5000
+    checkpoint_period: int = 5000  # 0 = only the final model
     eval_period: int = 0  # 0 = validate only at the end
     log_period: int = 20
     num_workers: int = 2
@@ -479,6 +566,20 @@ class SolverConfig:
     # Consecutive non-finite losses tolerated (each skips its step) before stopping.
     max_nonfinite_steps: int = 5
     sync_bn: bool = False  # SyncBatchNorm across processes (norm="bn" only)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the closed ranges of _RANGES; then what a range cannot say
+        rules = [
+            (self.base_lr > 0, "base_lr", "a positive number"),
+            (self.momentum < 1, "momentum", "in [0, 1)"),
+            (self.warmup_factor > 0, "warmup_factor", "in (0, 1]"),
+            (0 < self.gamma <= 1, "gamma", "in (0, 1]"),
+            (all(0 < step for step in self.steps), "steps", "positive fractions of the iterations"),
+            (self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "at least 1"),
+        ]
+        for ok, name, rule in rules:
+            if not ok:
+                raise ValueError(f"SolverConfig.{name} = {getattr(self, name)!r} must be {rule}")
 
     @property
     def lr(self) -> float:
@@ -562,3 +663,4 @@ PRESETS: dict[str, Preset] = {
                      num_workers=1),
     ),
 }
+

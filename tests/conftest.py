@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskrcnn.engine.reference import reference_dir
+from tests.peers import reference_dir
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from maskrcnn.checkpoint import save_model
 from maskrcnn.cli import main
 from maskrcnn.config import PRESETS, InputConfig, ModelConfig
-from maskrcnn.engine.checkpoint import save_model
-from maskrcnn.engine.reference import write_fixture_weights
 from maskrcnn.model import build_model
+from tests.peers import write_fixture_weights
 
 
 def small_config(num_classes: int = 3) -> ModelConfig:

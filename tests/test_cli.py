@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from maskrcnn.checkpoint import save_model
 from maskrcnn.cli import main
-from maskrcnn.engine.checkpoint import save_model
 
 from .helpers import error_line, random_state, small_config, write_small_checkpoint
 

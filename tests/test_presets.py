@@ -38,14 +38,25 @@ def test_preset_trains_and_predicts_on_a_small_image(name: str) -> None:
     masks[0, 10:40, 20:70] = 1
     target = Targets(torch.tensor([[20.0, 10.0, 70.0, 40.0]]), torch.tensor([1]), masks)
     losses = model.loss(batch, [target])
-    assert set(losses) >= {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box"}
+    expected = {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box"}
+    expected |= {"loss_mask"} if cfg.mask_head is not None else set()
+    expected |= {"loss_keypoint"} if cfg.keypoint_head is not None else set()
+    assert set(losses) == expected  # exactly its branches: none lost, none extra
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     model.eval()
     (det,) = model.predict(batch)
     assert det.boxes.shape[0] == det.scores.shape[0] == det.labels.shape[0]
-    if det.masks is not None:
-        assert det.masks.shape == (len(det), 64, 96)
+    if cfg.mask_head is not None:
+        assert det.masks is not None and det.masks.shape == (len(det), 64, 96)
+        assert det.masks.dtype == torch.bool
+    else:
+        assert det.masks is None
+    if cfg.keypoint_head is not None:
+        assert det.keypoints is not None
+        assert det.keypoints.shape == (len(det), cfg.keypoint_head.num_keypoints, 3)
+    else:
+        assert det.keypoints is None
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

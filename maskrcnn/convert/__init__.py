@@ -33,10 +33,10 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from maskrcnn.checkpoint import FORMAT_NAME, SAFETENSORS_SUFFIXES, unpack_model
 from maskrcnn.config import ModelConfig
 from maskrcnn.convert import detectron2, torchvision
 from maskrcnn.convert.shapes import compare_state, expected_state_shapes, infer_config
-from maskrcnn.engine.checkpoint import FORMAT_NAME, SAFETENSORS_SUFFIXES, unpack_model
 
 __all__ = [
     "FORMATS",
@@ -203,7 +203,7 @@ def _unknown_layout(obj: Mapping[str, Any], state: Mapping[str, Any]) -> str:
         msg += f" (inside a dict with keys {', '.join(map(str, list(obj)[:_EXAMPLES]))})"
     if "box_head.cls_score.weight" in state:
         msg += "; it looks like a bare maskrcnn state dict: save it with its config"
-        msg += " (maskrcnn.engine.checkpoint.save_model)"
+        msg += " (maskrcnn.checkpoint.save_model)"
     if "blobs" in obj:
         msg += "; it looks like a Detectron (Caffe2) pickle: convert it with Detectron2 first"
     return msg

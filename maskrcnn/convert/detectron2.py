@@ -25,13 +25,10 @@ COCO category id.
 from __future__ import annotations
 
 import dataclasses
-import os
-import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -192,14 +189,3 @@ def convert(state: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, Tensor]]:
         )
     return cfg, out
 
-
-def save_pickle(
-    path: str | os.PathLike[str], state: Mapping[str, np.ndarray | Tensor], *, protocol: int = 4
-) -> None:
-    """Write a Detectron2 model-zoo style ``.pkl``: ``{"model": {name: numpy array}, "__author__": ...}``."""
-    arrays = {
-        name: value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
-        for name, value in state.items()
-    }
-    with open(path, "wb") as f:
-        pickle.dump({"model": arrays, "__author__": "maskrcnn synthetic"}, f, protocol=protocol)

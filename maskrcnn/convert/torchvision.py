@@ -25,12 +25,10 @@ foreground class, person, COCO category id 1.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from maskrcnn.config import ModelConfig, torchvision_keypoint_r50_fpn, torchvision_r50_fpn
@@ -121,7 +119,3 @@ def convert(state: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, Tensor]]:
     base = torchvision_keypoint_r50_fpn() if keypoints else torchvision_r50_fpn()
     return infer_config(base, out), out
 
-
-def save_state_dict(path: str | os.PathLike[str], state: Mapping[str, Tensor]) -> None:
-    """Write a torchvision-style checkpoint: ``torch.save`` of the plain name -> tensor dict."""
-    torch.save(dict(state), path)

@@ -46,12 +46,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import dist as mdist
+from ..checkpoint import FORMAT_NAME, remove_stale_temporaries, save_model, unpack_model
 from ..config import ModelConfig, SolverConfig
 from ..data.batching import build_train_loader
 from ..data.transforms import pad_batch
 from ..model import MaskRCNN, build_model
 from ..structures import ImageBatch, Targets
-from .checkpoint import FORMAT_NAME, remove_stale_temporaries, save_model, unpack_model
 from .results import write_json_atomic
 
 LAST_CHECKPOINT = "last_checkpoint.pth"
@@ -89,34 +89,6 @@ def lr_factor(iteration: int, solver: SolverConfig) -> float:
         factor = solver.warmup_factor * (1 - alpha) + alpha
     decays = sum(iteration >= round(step * solver.iterations) for step in solver.steps)
     return factor * solver.gamma**decays
-
-
-def check_solver(solver: SolverConfig) -> None:
-    """ValueError naming the field when a solver setting cannot train (a zero batch, a negative rate...)."""
-    problems = []
-
-    def need(ok: bool, field: str, rule: str) -> None:
-        if not ok:
-            problems.append(f"solver.{field} is {getattr(solver, field)!r}, must be {rule}")
-
-    need(solver.iterations >= 1, "iterations", "at least 1")
-    need(solver.batch_size >= 1, "batch_size", "at least 1")
-    need(solver.reference_batch_size >= 1, "reference_batch_size", "at least 1")
-    need(math.isfinite(solver.base_lr) and solver.base_lr > 0, "base_lr", "a positive number")
-    need(0 <= solver.momentum < 1, "momentum", "in [0, 1)")
-    need(math.isfinite(solver.weight_decay) and solver.weight_decay >= 0, "weight_decay", "0 or more")
-    need(solver.warmup_iters >= 0, "warmup_iters", "0 or more")
-    need(0 < solver.warmup_factor <= 1, "warmup_factor", "in (0, 1]")
-    need(all(0 < step for step in solver.steps), "steps", "positive fractions of the iterations")
-    need(0 < solver.gamma <= 1, "gamma", "in (0, 1]")
-    need(solver.clip_grad_norm >= 0, "clip_grad_norm", "0 (off) or more")
-    need(solver.checkpoint_period >= 0, "checkpoint_period", "0 (off) or more")
-    need(solver.eval_period >= 0, "eval_period", "0 (only at the end) or more")
-    need(solver.log_period >= 1, "log_period", "at least 1")
-    need(solver.num_workers >= 0, "num_workers", "0 or more")
-    need(solver.max_nonfinite_steps >= 1, "max_nonfinite_steps", "at least 1")
-    if problems:
-        raise ValueError("; ".join(problems))
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -176,7 +148,6 @@ class Trainer:
         self.validation = validation
         self.rank = mdist.rank()
         self.world = mdist.world_size()
-        check_solver(solver)
         if solver.batch_size % self.world:
             raise ValueError(f"batch size {solver.batch_size} does not split over {self.world} processes")
         if device is None:
@@ -556,9 +527,15 @@ def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:
                          f"(fields: {', '.join(sorted(names))})")
     current = getattr(obj, path[0])
     if len(path) > 1:
-        inner = _replace_path(current, path[1:], value, full)
-        return dataclasses.replace(obj, **{path[0]: inner})
-    return dataclasses.replace(obj, **{path[0]: _coerce(current, value, full)})
+        new = _replace_path(current, path[1:], value, full)
+    else:
+        new = _coerce(current, value, full)
+    try:  # the config checks its choices and ranges where it is built
+        return dataclasses.replace(obj, **{path[0]: new})
+    except ValueError as e:
+        if str(e).startswith("--set "):
+            raise
+        raise ValueError(f"--set {full}: {e}") from None
 
 
 def _coerce(current: Any, value: Any, full: str) -> Any:

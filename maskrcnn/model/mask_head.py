@@ -10,6 +10,8 @@ Shapes: ``(R, C, 14, 14)`` -> ``(R, K, 28, 28)``.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -60,11 +62,15 @@ def mask_probabilities(mask_logits: Tensor, labels: Tensor, loss: MaskLoss = "si
     ``labels`` are contiguous foreground labels 0..K-1.
     """
     index = torch.arange(labels.shape[0], device=labels.device)
-    if loss == "softmax":
-        return mask_logits.softmax(dim=1)[index, labels + 1]
-    if loss == "class_agnostic":
-        return mask_logits[:, 0].sigmoid()
-    return mask_logits[index, labels].sigmoid()
+    match loss:
+        case "sigmoid":
+            return mask_logits[index, labels].sigmoid()
+        case "softmax":
+            return mask_logits.softmax(dim=1)[index, labels + 1]
+        case "class_agnostic":
+            return mask_logits[:, 0].sigmoid()
+        case _:
+            raise ValueError(f"unknown mask loss {loss!r}: expected one of {get_args(MaskLoss)}")
 
 
 def mask_targets(samples: list[RoISamples], targets: list[Targets], size: int) -> Tensor:
@@ -106,9 +112,15 @@ def mask_loss(mask_logits: Tensor, classes: Tensor, targets: Tensor, loss: MaskL
     normaliser = global_normaliser(targets.numel(), mask_logits.device)
     if classes.numel() == 0:
         return mask_logits.sum() * 0.0
-    if loss == "softmax":
-        target_class = torch.where(targets.bool(), classes[:, None, None], 0)
-        return F.cross_entropy(mask_logits, target_class, reduction="sum") / normaliser
     index = torch.arange(classes.numel(), device=classes.device)
-    logits = mask_logits[:, 0] if loss == "class_agnostic" else mask_logits[index, classes - 1]
+    match loss:
+        case "softmax":
+            target_class = torch.where(targets.bool(), classes[:, None, None], 0)
+            return F.cross_entropy(mask_logits, target_class, reduction="sum") / normaliser
+        case "sigmoid":
+            logits = mask_logits[index, classes - 1]
+        case "class_agnostic":
+            logits = mask_logits[:, 0]
+        case _:
+            raise ValueError(f"unknown mask loss {loss!r}: expected one of {get_args(MaskLoss)}")
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="sum") / normaliser

@@ -13,6 +13,8 @@ image -> ``(sum R_i, C, P, P)``.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import Tensor, nn
 
@@ -38,8 +40,8 @@ class MultiLevelRoIPooler(nn.Module):
         kind: PoolerKind = "roi_align",
     ) -> None:
         super().__init__()
-        if kind not in ("roi_align", "roi_pool", "roi_warp"):
-            raise ValueError(f"unknown RoI feature extractor {kind!r}: roi_align, roi_pool or roi_warp")
+        if kind not in get_args(PoolerKind):
+            raise ValueError(f"unknown pooler kind {kind!r}: expected one of {get_args(PoolerKind)}")
         self.kind = kind
         self.strides = strides
         self.resolution = resolution
@@ -74,8 +76,12 @@ class MultiLevelRoIPooler(nn.Module):
         return out
 
     def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        if self.kind == "roi_pool":
-            return roi_pool(feature, rois, self.resolution, scale)
-        if self.kind == "roi_warp":
-            return roi_warp(feature, rois, self.resolution, scale, self.sampling_ratio)
-        return roi_align(feature, rois, self.resolution, scale, self.sampling_ratio, self.aligned)
+        match self.kind:
+            case "roi_align":
+                return roi_align(feature, rois, self.resolution, scale, self.sampling_ratio, self.aligned)
+            case "roi_pool":
+                return roi_pool(feature, rois, self.resolution, scale)
+            case "roi_warp":
+                return roi_warp(feature, rois, self.resolution, scale, self.sampling_ratio)
+            case _:
+                raise ValueError(f"unknown pooler kind {self.kind!r}: expected one of {get_args(PoolerKind)}")

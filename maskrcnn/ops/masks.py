@@ -21,6 +21,8 @@ result ``(D, H, W)``.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import Tensor
 
@@ -109,6 +111,8 @@ def paste_masks(
     out = torch.zeros((d, h, w), dtype=dtype, device=masks.device)
     if d == 0:
         return out
+    if rule not in get_args(PasteRule):
+        raise ValueError(f"unknown paste rule {rule!r}: expected one of {get_args(PasteRule)}")
     masks = masks.float()
     boxes = boxes.float()
     if rule == "torchvision":

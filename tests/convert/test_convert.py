@@ -21,6 +21,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from maskrcnn.checkpoint import save_model
 from maskrcnn.config import (
     BackboneConfig,
     KeypointHeadConfig,
@@ -39,8 +40,8 @@ from maskrcnn.convert import (
     load_checkpoint,
     torchvision,
 )
-from maskrcnn.engine.checkpoint import save_model
 from maskrcnn.model import build_model
+from tests.peers import save_detectron2_pickle, save_torchvision_state
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
 TV = "torchvision-maskrcnn-r50-fpn"
@@ -91,7 +92,7 @@ def tv_state() -> dict[str, Tensor]:
 @pytest.fixture(scope="module")
 def tv_file(tv_state: dict[str, Tensor], tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tv") / "maskrcnn_resnet50_fpn_coco.pth"
-    torchvision.save_state_dict(path, tv_state)
+    save_torchvision_state(path, tv_state)
     return path
 
 
@@ -108,7 +109,7 @@ def d2_arrays() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def d2_file(d2_arrays: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("d2") / "model_final_f10217.pkl"
-    detectron2.save_pickle(path, d2_arrays)
+    save_detectron2_pickle(path, d2_arrays)
     return path
 
 
@@ -256,7 +257,7 @@ def test_torchvision_old_layout(
     assert "roi_heads.mask_head.mask_fcn1.weight" in old and "rpn.head.conv.weight" in old
     assert "backbone.fpn.inner_blocks.0.weight" in old and "backbone.fpn.layer_blocks.3.bias" in old
     path = tmp_path / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
-    torchvision.save_state_dict(path, old)
+    save_torchvision_state(path, old)
     cfg, state = load_checkpoint(path)
     new_cfg, new_state = tv_loaded
     assert cfg == new_cfg
@@ -282,7 +283,7 @@ def test_torchvision_custom_classes_and_no_masks(tv_state: dict[str, Tensor], tm
             key = f"roi_heads.box_predictor.{name}.{p}"
             state[key] = state[key][:rows].clone()
     path = tmp_path / "fasterrcnn_3_classes.pth"
-    torchvision.save_state_dict(path, state)
+    save_torchvision_state(path, state)
     cfg, ours = load_checkpoint(path)
     assert cfg.num_classes == 3 and cfg.mask_head is None
     assert cfg.class_names == ("class_1", "class_2", "class_3") and cfg.category_ids == (1, 2, 3)
@@ -294,7 +295,7 @@ def test_torchvision_custom_classes_and_no_masks(tv_state: dict[str, Tensor], tm
 def test_torchvision_keypoint_checkpoint_converts_and_loads_strictly(tmp_path: Path) -> None:
     path = tmp_path / "keypointrcnn_resnet50_fpn_coco.pth"
     theirs = _synthetic(_spec(TV_KEYPOINT), seed=2)
-    torchvision.save_state_dict(path, theirs)
+    save_torchvision_state(path, theirs)
     cfg, ours = load_checkpoint(path)
     assert cfg == torchvision_keypoint_r50_fpn()
     assert cfg.num_classes == 1 and cfg.class_names == ("person",) and cfg.category_ids == (1,)
@@ -401,7 +402,7 @@ def test_detectron2_pth_with_extras(d2_arrays: dict[str, np.ndarray], tmp_path: 
 def test_detectron2_pickle_protocols(d2_arrays: dict[str, np.ndarray], tmp_path: Path, protocol: int) -> None:
     """Protocol 2 (Python 2 compatible: bytes as latin-1 strings) and 5 (out-of-band buffers)."""
     path = tmp_path / f"protocol{protocol}.pkl"
-    detectron2.save_pickle(path, d2_arrays, protocol=protocol)
+    save_detectron2_pickle(path, d2_arrays, protocol=protocol)
     cfg, state = load_checkpoint(path)
     _assert_fits(cfg, state)
 
@@ -487,7 +488,7 @@ def test_wrong_architecture_lists_every_problem(tv_state: dict[str, Tensor], tmp
     state["roi_heads.box_head.fc8.weight"] = torch.zeros(4, 4)
     state["rpn.head.conv.0.0.weight"] = torch.zeros(256, 256, 1, 1)
     path = tmp_path / "edited.pth"
-    torchvision.save_state_dict(path, state)
+    save_torchvision_state(path, state)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     msg = str(info.value)

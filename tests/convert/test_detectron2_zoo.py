@@ -27,7 +27,7 @@ from maskrcnn.convert import (
     expected_state_shapes,
     load_checkpoint,
 )
-from maskrcnn.engine.reference import reference_dir
+from tests.peers import reference_dir, save_detectron2_pickle
 
 OURS = Path(__file__).resolve().parents[1] / "reference"
 
@@ -133,7 +133,7 @@ def test_c4_checkpoint_with_fpn_sized_tensors_names_the_architecture(tmp_path: P
     spec["proposal_generator.rpn_head.conv.weight"] = (256, 256, 3, 3)
     arrays = {name: np.zeros(shape, np.float32) for name, shape in spec.items()}
     path = tmp_path / "model_final_c4.pkl"
-    detectron2.save_pickle(path, arrays)
+    save_detectron2_pickle(path, arrays)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     msg = str(info.value)

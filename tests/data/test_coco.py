@@ -17,7 +17,7 @@ from maskrcnn.config import InputConfig
 from maskrcnn.data import coco
 from maskrcnn.data.augment import train_transform
 from maskrcnn.data.coco import CocoDataset, DatasetError, ImageSizeMismatchError, read_image_size
-from maskrcnn.engine.reference import shared_dir
+from tests.peers import shared_dir
 
 EXIF_ORIENTATION = 0x0112
 

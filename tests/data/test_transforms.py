@@ -113,6 +113,10 @@ def test_batches_mixing_orientations_pad_to_the_largest_sides(config) -> None:
 
 
 def test_unknown_resize_rule_is_refused() -> None:
-    cfg = dataclasses.replace(InputConfig(), resize_rule="foo")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="resize_rule"):
+    with pytest.raises(ValueError, match="InputConfig.resize_rule = 'foo' is not one of"):
+        dataclasses.replace(InputConfig(), resize_rule="foo")  # type: ignore[arg-type]
+    # And the transform itself never falls back to one of the rules.
+    cfg = InputConfig()
+    object.__setattr__(cfg, "resize_rule", "foo")
+    with pytest.raises(ValueError, match="unknown resize_rule 'foo'"):
         resized_size(100, 200, cfg)

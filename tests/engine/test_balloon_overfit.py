@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from maskrcnn.cli import main
-from maskrcnn.engine.reference import shared_dir
+from tests.peers import shared_dir
 
 BALLOON = shared_dir() / "data" / "balloon"
 NUM_IMAGES = 4

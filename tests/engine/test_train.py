@@ -273,7 +273,7 @@ def test_bf16_autocast_on_the_cpu_trains(dataset: CocoDataset, tmp_path: Path):
 
 
 def test_initial_weights_with_other_classes_keep_fresh_class_layers(dataset: CocoDataset, tmp_path: Path):
-    from maskrcnn.engine.checkpoint import save_model
+    from maskrcnn.checkpoint import save_model
     from maskrcnn.model import build_model
 
     source_cfg = _model_cfg(dataset).replace(num_classes=7, class_names=(), category_ids=())

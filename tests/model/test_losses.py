@@ -508,3 +508,13 @@ def test_sample_rois_without_proposals_or_ground_truth():
     assert losses["loss_box"].item() == 0.0
     assert losses["loss_classifier"].item() == pytest.approx(math.log(NUM_CLASSES + 1), rel=1e-6)
     assert mask_targets(samples, [_empty_targets(1), _empty_targets(2)], 28).shape == (0, 28, 28)
+
+
+def test_unknown_mask_representation_is_refused() -> None:
+    from maskrcnn.model.mask_head import mask_probabilities
+
+    logits = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="unknown mask loss 'sigmod'"):
+        mask_loss(logits, torch.tensor([1, 2]), torch.zeros(2, 4, 4), "sigmod")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown mask loss 'sigmod'"):
+        mask_probabilities(logits, torch.tensor([0, 1]), "sigmod")  # type: ignore[arg-type]

@@ -95,3 +95,10 @@ def test_pooled_values_match_roi_align_at_the_level_stride() -> None:
                 + ly * lx * p4[:, y0 + 1, x0 + 1]
             )
             torch.testing.assert_close(pooled[0, :, i, j], value, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_pooler_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown pooler kind 'roi_algin'"):
+        MultiLevelRoIPooler(strides=STRIDES, resolution=7, sampling_ratio=2, aligned=False,
+                            canonical_box_size=224.0, canonical_level=4, level_eps=1e-6,
+                            kind="roi_algin")  # type: ignore[arg-type]

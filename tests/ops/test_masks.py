@@ -180,3 +180,8 @@ def test_degenerate_boxes_give_no_nan(rule: str) -> None:
     soft = paste_masks(masks, boxes, (12, 12), rule=rule, threshold=None)
     assert not bool(torch.isnan(soft).any())
     assert bool(((soft >= 0) & (soft <= 1)).all())
+
+
+def test_unknown_paste_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown paste rule 'nearest'"):
+        paste_masks(torch.rand(1, 28, 28), torch.tensor([[1.0, 1.0, 9.0, 9.0]]), (12, 12), "nearest")  # type: ignore[arg-type]

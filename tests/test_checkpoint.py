@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from maskrcnn.checkpoint import FORMAT_NAME, remove_stale_temporaries, save_model, unpack_model
 from maskrcnn.config import (
     BoxHeadConfig,
     FPNConfig,
@@ -22,7 +23,6 @@ from maskrcnn.config import (
 )
 from maskrcnn.convert import CheckpointError, load_checkpoint
 from maskrcnn.convert.shapes import expected_state_shapes
-from maskrcnn.engine.checkpoint import FORMAT_NAME, remove_stale_temporaries, save_model, unpack_model
 
 # A full ResNet-50 with slim heads: every name and shape of a real model, a quarter of the bytes.
 SLIM = ModelConfig(
@@ -181,7 +181,7 @@ from pathlib import Path
 import torch
 
 from maskrcnn.cli import sigterm_as_interrupt
-from maskrcnn.engine import checkpoint
+from maskrcnn import checkpoint
 from tests.helpers import small_config
 
 def killed_while_writing(payload, path):
@@ -203,7 +203,7 @@ def test_sigterm_during_a_save_leaves_no_temporary_file(tmp_path: Path) -> None:
     # turns it into an exception so the temporary file is removed and the old checkpoint kept.
     (tmp_path / "last.pth").write_bytes(b"the previous checkpoint")
     run = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(tmp_path / "last.pth")],
-                         cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=120)
+                         cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
     assert run.returncode == 143, run.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
     assert (tmp_path / "last.pth").read_bytes() == b"the previous checkpoint"
