@@ -17,11 +17,9 @@ the peers' formats).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from maskrcnn.config import ModelConfig
+from maskrcnn.files import remove_stale_temporaries, write_atomically
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "remove_stale_temporaries", "save_model", "unpack_model"]
 
 FORMAT_NAME = "maskrcnn"
 FORMAT_VERSION = 1
@@ -60,55 +61,6 @@ def _compact(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp_path)``, then rename the temporary file to ``path``.
-
-    The temporary file is removed on any failure, Ctrl-C included (and
-    SIGTERM under the ``maskrcnn`` command, which turns it into an
-    exception). Only a process killed outright (SIGKILL, power loss) leaves
-    one behind; ``remove_stale_temporaries`` clears those.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory (a rename across file systems is not atomic); a name of our own
-    # rather than mkstemp's, so the file gets the usual permissions. The pid in the
-    # name tells a stale file (its writer is gone) from one being written.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
-    """Delete temporary files that interrupted writes of ``path`` left behind; returns them.
-
-    Only files named as ``_write_atomically`` names them whose writing
-    process no longer runs are removed, so a write in progress elsewhere on
-    this machine is left alone.
-    """
-    path = Path(path)
-    removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split(".")[0]
-        if not pid.isdigit() or (int(pid) != os.getpid() and _running(int(pid))):
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: another user's live process
-        return True
-    return True
-
-
 def save_model(
     path: str | os.PathLike[str],
     config: ModelConfig,
@@ -136,7 +88,7 @@ def save_model(
             "version": str(FORMAT_VERSION),
             "config": json.dumps(config.to_dict()),
         }
-        _write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     elif suffix in TORCH_SUFFIXES:
         payload = {
             "format": FORMAT_NAME,
@@ -145,7 +97,7 @@ def save_model(
             "model": tensors,
             **extra,
         }
-        _write_atomically(path, lambda tmp: torch.save(payload, tmp))
+        write_atomically(path, lambda tmp: torch.save(payload, tmp))
     else:
         known = ", ".join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
         raise ValueError(f"{path}: unknown checkpoint extension {path.suffix!r} (use {known})")

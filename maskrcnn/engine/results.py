@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+
+from ..files import write_atomically
 
 
 def encode_mask(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
@@ -105,29 +106,21 @@ def to_coco_results(
 def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = None) -> None:
     """Write ``obj`` as JSON to ``path`` so that readers see the old file or the new one, never half.
 
-    The JSON goes to a hidden temporary file in the same directory (same file
-    system, so the rename is atomic), is flushed to disk, then renamed over
-    ``path`` with ``os.replace``. On any failure the temporary file is removed
-    and ``path`` is untouched. Missing parent directories are created. The
-    file gets the usual permissions (0o666 less the umask). NaN and infinity
-    are refused with ``ValueError``: they are not JSON.
+    The JSON goes to a hidden temporary file in the same directory, is flushed
+    to disk, then renamed over ``path`` (``files.write_atomically``). On any
+    failure the temporary file is removed and ``path`` is untouched. Missing
+    parent directories are created. The file gets the usual permissions (0o666
+    less the umask). NaN and infinity are refused with ``ValueError``: they are
+    not JSON.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with O_EXCL rather than tempfile.mkstemp: mkstemp creates 0o600
-    # files, and the rename would carry that mode over to the result.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    def dump(temp: Path) -> None:
+        with open(temp, "w", encoding="utf-8") as handle:
             json.dump(obj, handle, indent=indent, allow_nan=False)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+
+    write_atomically(Path(path), dump)
 
 
 def _encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:

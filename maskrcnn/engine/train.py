@@ -50,6 +50,7 @@ from ..checkpoint import FORMAT_NAME, remove_stale_temporaries, save_model, unpa
 from ..config import ModelConfig, SolverConfig
 from ..data.batching import build_train_loader
 from ..data.transforms import pad_batch
+from ..files import write_atomically
 from ..model import MaskRCNN, build_model
 from ..structures import ImageBatch, Targets
 from .results import write_json_atomic
@@ -459,13 +460,8 @@ def _read_metrics(out: Path) -> list[dict[str, Any]]:
 
 
 def _write_metrics(out: Path, records: list[dict[str, Any]]) -> None:
-    tmp = out / f".metrics.jsonl.{os.getpid()}.tmp"
-    try:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, out / "metrics.jsonl")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    write_atomically(out / "metrics.jsonl", lambda tmp: tmp.write_text(text))
 
 
 def plot_losses(history: list[dict[str, Any]], path: Path) -> Path | None:
