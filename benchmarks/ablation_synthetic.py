@@ -32,7 +32,7 @@ C4_HEAD = [
 VARIANTS: dict[str, list[str]] = {
     "FPN, RoIAlign, per-class sigmoid (baseline)": [],
     "RoIPool instead of RoIAlign": ["box_head.pooler.kind=roi_pool", "mask_head.pooler.kind=roi_pool"],
-    "softmax across classes instead of sigmoid": ["mask_head.loss=softmax"],
+    "softmax across classes instead of sigmoid": ["mask_head.representation=softmax"],
     "C4 head (res5 on 14x14 RoIAlign) instead of FPN": C4_HEAD,
 }
 

@@ -13,7 +13,7 @@ Ours runs ``maskrcnn train`` (``python -m maskrcnn.cli train``) in a
 subprocess with the preset, batch size, iterations, sizes and ``--set``
 overrides given here, validating on the val set at the end; the numbers come
 from its ``final_metrics.json`` and ``metrics.jsonl``. The model and solver
-configs that command line resolves to (``maskrcnn.engine.train.configure``:
+configs that command line resolves to (``maskrcnn.engine.configure.configure``:
 learning rate and warm-up scaled to the batch size) are written to
 ``OUT/settings.json``, and ``peer_train_torchvision.py`` is run by the peer
 environment with that file, so both sides train the same architecture with
@@ -53,7 +53,7 @@ import torch
 import maskrcnn
 from maskrcnn.config import PRESETS
 from maskrcnn.data.coco import CocoDataset
-from maskrcnn.engine.train import configure
+from maskrcnn.engine.configure import configure
 from maskrcnn.model import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, for tests/peers.py
@@ -231,10 +231,10 @@ def main() -> int:
 
     # The configs our command line resolves to; the peer reads the same file.
     dataset = CocoDataset(data / "train.json", data / "train")
-    ns = argparse.Namespace(preset=args.preset, batch_size=args.batch_size, iterations=args.iterations,
-                            min_size=[args.min_size], max_size=args.max_size, set=list(args.set))
     try:
-        cfg, solver = configure(ns, dataset)
+        cfg, solver = configure(dataset, preset=args.preset, batch_size=args.batch_size,
+                                iterations=args.iterations, min_sizes=[args.min_size],
+                                max_size=args.max_size, overrides=list(args.set))
     except (ValueError, TypeError) as e:
         raise SystemExit(f"error: {e}") from e
     (out / "settings.json").write_text(json.dumps({"model": cfg.to_dict(), "solver": solver.to_dict()},

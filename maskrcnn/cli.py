@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from tqdm import tqdm
 
 from .config import ModelConfig
 
@@ -92,24 +91,43 @@ def _unit_interval(text: str) -> float:
     return value
 
 
-def _load_predictor(args: argparse.Namespace, **kwargs: Any) -> Any:
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of the commands that run a trained model: ``predict`` and ``evaluate``."""
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help="checkpoint: ours, torchvision's (.pth) or Detectron2's (.pkl/.pth)")
+    p.add_argument("--format", choices=("maskrcnn", "torchvision", "detectron2"), default=None,
+                   help="checkpoint format (default: detected from the file's contents)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
+    p.add_argument("--score-threshold", type=_unit_interval, default=None, metavar="T",
+                   help="keep detections scoring above T, any T in [0, 1] (default: the model's own, 0.05)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
+def _check_model_arguments(args: argparse.Namespace) -> None:
+    """Usage errors in ``add_model_arguments``' flags, found before anything is read."""
+    _at_least("--batch-size", args.batch_size, 1)
+    _device(args.device)
+
+
+def _load_predictor(args: argparse.Namespace) -> Any:
+    """The predictor that ``add_model_arguments``' flags describe."""
     from .engine.predict import load
 
     if not Path(args.weights).is_file():
         raise Failure(f"{args.weights}: no such checkpoint file (--weights)")
-    return load(args.weights, device=args.device or "cpu", format=args.format, **kwargs)
+    return load(args.weights, device=args.device or "cpu", format=args.format,
+                score_threshold=args.score_threshold)
 
 
 # --------------------------------------------------------------------------- predict
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .data.images import ImageReadError, collect_images, load_image
+    from .data.images import collect_images
     from .engine.results import to_coco_results, write_json_atomic
     from .engine.visualize import draw_detections, picture_paths
 
-    _at_least("--batch-size", args.batch_size, 1)
-    _device(args.device)
+    _check_model_arguments(args)
     try:
         items = collect_images(args.images)
     except FileNotFoundError as e:
@@ -127,52 +145,35 @@ def run_predict(args: argparse.Namespace) -> int:
             pictures = picture_paths([name for _, name in items], viz_dir)
         except ValueError as e:
             raise Failure(str(e)) from e
-    predictor = _load_predictor(args, score_threshold=args.score_threshold)
+    predictor = _load_predictor(args)
     keypoint_head = predictor.config.keypoint_head
     skeleton = keypoint_head.skeleton if keypoint_head is not None else ()
 
     results: list[dict] = []
     failed: list[str] = []
     done: list[str] = []
-    pending: list[tuple[int, object]] = []
-    bar = tqdm(total=len(items), unit="img", disable=len(items) < PROGRESS_MIN_IMAGES, file=sys.stderr)
-
-    def flush() -> None:
-        arrays = [a for _, a in pending]
-        detections = predictor.predict_arrays(arrays)
-        for (index, image), det in zip(pending, detections, strict=True):
-            name = items[index][1]
-            results.extend(to_coco_results(name, det.boxes, det.scores, predictor.category_ids(det),
-                                           det.masks, predictor.coco_keypoints(det)))
-            if viz_dir is not None:
-                picture = draw_detections(image, det.boxes, det.names, det.scores, det.masks,
-                                          det.keypoints, skeleton)
-                pictures[index].parent.mkdir(parents=True, exist_ok=True)
-                picture.save(pictures[index])
-            done.append(name)
-        bar.update(len(pending))
-        pending.clear()
-
+    predictions = predictor.predict_files([path for path, _ in items], batch_size=args.batch_size,
+                                          progress=len(items) >= PROGRESS_MIN_IMAGES)
     try:
-        for index, (path, name) in enumerate(items):
-            try:
-                pending.append((index, load_image(path)))
-            except ImageReadError as e:
-                failed.append(name)
-                bar.update(1)
-                tqdm.write(f"skipped {e}", file=sys.stderr)
-                continue
-            if len(pending) == args.batch_size:
-                flush()
-        if pending:
-            flush()
+        with contextlib.closing(predictions):  # closes the progress bar however the loop ends
+            for prediction in predictions:
+                index, det = prediction.index, prediction.detections
+                name = items[index][1]
+                if det is None:  # skipped, and reported on stderr
+                    failed.append(name)
+                    continue
+                results.extend(to_coco_results(name, det.boxes, det.scores, predictor.category_ids(det),
+                                               det.masks, predictor.coco_keypoints(det)))
+                if viz_dir is not None:
+                    picture = draw_detections(prediction.image, det.boxes, det.names, det.scores, det.masks,
+                                              det.keypoints, skeleton)
+                    pictures[index].parent.mkdir(parents=True, exist_ok=True)
+                    picture.save(pictures[index])
+                done.append(name)
     except KeyboardInterrupt as e:
-        bar.close()
         write_json_atomic(args.out, results)
         raise KeyboardInterrupt(f"interrupted; the {len(results)} detections on the {len(done)} image(s) "
                                 f"done so far are in {args.out}") from e
-    finally:
-        bar.close()
     # The detections computed so far are kept, whatever happened to the others.
     write_json_atomic(args.out, results)
     print(f"{len(results)} detections on {len(done)} image(s) -> {args.out}"
@@ -189,9 +190,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate, format_table, load_ground_truth
     from .engine.results import write_json_atomic
 
-    _at_least("--batch-size", args.batch_size, 1)
+    _check_model_arguments(args)
     _at_least("--max-images", args.max_images, 1)
-    _device(args.device)
     image_dir = Path(args.images)
     if not image_dir.is_dir():
         raise Failure(f"{image_dir}: no such image directory (--images)")
@@ -274,14 +274,8 @@ def _load_dataset(json_path: str, image_dir: str) -> Any:
 def run_train(args: argparse.Namespace) -> int:
     """``maskrcnn train``: returns the exit status."""
     from . import dist as mdist
-    from .engine.train import (
-        FINAL_MODEL,
-        LAST_CHECKPOINT,
-        Trainer,
-        ValidationSet,
-        configure,
-        setup_distributed,
-    )
+    from .engine.configure import configure
+    from .engine.train import FINAL_MODEL, LAST_CHECKPOINT, Trainer, ValidationSet
 
     # The command line first: nothing is read before it is known to be usable.
     if (args.val_json is None) != (args.val_images is None):
@@ -302,7 +296,7 @@ def run_train(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file; give a folder for the run's outputs")
 
-    setup_distributed()
+    mdist.setup_distributed()
     world = mdist.world_size()
     if args.batch_size is not None and args.batch_size % world:
         raise UsageError(f"--batch-size {args.batch_size} does not split over {world} processes")
@@ -321,7 +315,9 @@ def run_train(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise Failure(f"{e}; give a COCO instances file (--val-json)") from e
     try:
-        cfg, solver = configure(args, dataset)  # --set errors name the key
+        cfg, solver = configure(dataset, preset=args.preset, batch_size=args.batch_size,
+                                iterations=args.iterations, min_sizes=args.min_size or (),
+                                max_size=args.max_size, overrides=args.set)  # --set errors name the key
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
     try:
@@ -449,17 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[common], help="segment images with a trained model")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
                    help="image files and/or directories (their images in sorted order)")
-    p.add_argument("--weights", required=True, metavar="FILE",
-                   help="checkpoint: ours, torchvision's (.pth) or Detectron2's (.pkl/.pth)")
-    p.add_argument("--format", choices=("maskrcnn", "torchvision", "detectron2"), default=None,
-                   help="checkpoint format (default: detected from the file's contents)")
+    add_model_arguments(p)
     p.add_argument("--out", default="results.json", metavar="JSON",
                    help="COCO results file to write (default: results.json)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
     p.add_argument("--viz", metavar="DIR", help="write one picture per image with its detections here")
-    p.add_argument("--score-threshold", type=_unit_interval, default=None, metavar="T",
-                   help="keep detections scoring above T, any T in [0, 1] (default: the model's own, 0.05)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=run_predict)
 
     e = sub.add_parser("evaluate", parents=[common],
@@ -467,17 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", required=True, metavar="FILE", help="COCO annotation file (instances format)")
     e.add_argument("--images", required=True, metavar="DIR",
                    help="directory holding the annotation file's images (by their file_name)")
-    e.add_argument("--weights", required=True, metavar="FILE",
-                   help="checkpoint: ours, torchvision's (.pth) or Detectron2's (.pkl/.pth)")
-    e.add_argument("--format", choices=("maskrcnn", "torchvision", "detectron2"), default=None,
-                   help="checkpoint format (default: detected from the file's contents)")
+    add_model_arguments(e)
     e.add_argument("--out", default="metrics.json", metavar="JSON",
                    help="metrics file to write, AP on the 0-1 scale (default: metrics.json)")
     e.add_argument("--results", metavar="JSON", help="also write the detections as a COCO results file")
-    e.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
     e.add_argument("--max-images", type=int, default=None, metavar="N",
                    help="evaluate only the first N images of the annotation file")
-    e.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     e.set_defaults(func=run_evaluate)
 
     pr = sub.add_parser("presets", parents=[common], help="list the model presets usable as train --preset")

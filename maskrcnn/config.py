@@ -20,7 +20,8 @@ ResizeRule = Literal["torchvision", "detectron2"]
 PasteRule = Literal["torchvision", "detectron2"]
 StrideRule = Literal["fixed", "torchvision"]
 PoolerKind = Literal["roi_align", "roi_pool", "roi_warp"]
-MaskLoss = Literal["sigmoid", "softmax", "class_agnostic"]
+MaskRepresentation = Literal["sigmoid", "softmax", "class_agnostic"]
+MaskTargetRule = Literal["torchvision", "detectron2"]
 Architecture = Literal["fpn", "c4", "dc5"]
 
 
@@ -34,17 +35,16 @@ _RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
     "BackboneConfig": {"depth": (18, None), "groups": _POSITIVE, "width_per_group": _POSITIVE,
                        "base_channels": _POSITIVE, "freeze_at": (0, 5), "norm_eps": _NON_NEGATIVE},
     "FPNConfig": {"out_channels": _POSITIVE},
+    "SamplerConfig": {"fg_iou_thresh": _UNIT, "bg_iou_thresh": _UNIT, "batch_size_per_image": _POSITIVE,
+                      "positive_fraction": _UNIT, "crowd_ioa_thresh": _UNIT},
     "RPNConfig": {"pre_nms_topk_test": _POSITIVE, "post_nms_topk_test": _POSITIVE,
                   "pre_nms_topk_train": _POSITIVE, "post_nms_topk_train": _POSITIVE,
-                  "nms_thresh": _UNIT, "min_box_size": _NON_NEGATIVE, "fg_iou_thresh": _UNIT,
-                  "bg_iou_thresh": _UNIT, "batch_size_per_image": _POSITIVE, "positive_fraction": _UNIT,
-                  "smooth_l1_beta": _NON_NEGATIVE, "crowd_ioa_thresh": _UNIT},
+                  "nms_thresh": _UNIT, "min_box_size": _NON_NEGATIVE, "smooth_l1_beta": _NON_NEGATIVE},
     "PoolerConfig": {"resolution": _POSITIVE, "sampling_ratio": _NON_NEGATIVE,
                      "canonical_box_size": (1e-12, None)},
     "BoxHeadConfig": {"num_fc": _NON_NEGATIVE, "fc_dim": _POSITIVE, "score_thresh": _UNIT,
                       "nms_thresh": _UNIT, "detections_per_image": _POSITIVE, "min_box_size": _NON_NEGATIVE,
-                      "fg_iou_thresh": _UNIT, "bg_iou_thresh": _UNIT, "batch_size_per_image": _POSITIVE,
-                      "positive_fraction": _UNIT, "smooth_l1_beta": _NON_NEGATIVE, "crowd_ioa_thresh": _UNIT},
+                      "smooth_l1_beta": _NON_NEGATIVE},
     "MaskHeadConfig": {"threshold": _UNIT},
     "ModelConfig": {"num_classes": _POSITIVE},
     "SolverConfig": {"iterations": _POSITIVE, "batch_size": _POSITIVE, "base_lr": _NON_NEGATIVE,
@@ -184,6 +184,35 @@ class AnchorConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class SamplerConfig(_Checked):
+    """Training targets of a stage: match candidates to ground truth, sample a balanced batch.
+
+    The RPN matches anchors and the box head matches proposals, with the same
+    rule and different numbers.
+    """
+
+    # A candidate is foreground at IoU >= fg_iou_thresh with its best
+    # ground-truth box, background below bg_iou_thresh, ignored in between.
+    fg_iou_thresh: float
+    bg_iou_thresh: float
+    # Candidates sampled per image, at most this fraction foreground.
+    batch_size_per_image: int
+    positive_fraction: float
+    # Also make foreground each ground-truth box's best candidates, however low
+    # their IoU (Faster R-CNN's RPN rule: every object gets an anchor).
+    allow_low_quality_matches: bool = False
+    # Background candidates this much inside an iscrowd region (intersection
+    # over the candidate's area) are ignored instead of taught as background.
+    crowd_ioa_thresh: float = 0.7
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bg_iou_thresh > self.fg_iou_thresh:
+            raise ValueError(f"SamplerConfig.bg_iou_thresh = {self.bg_iou_thresh} is above "
+                             f"fg_iou_thresh = {self.fg_iou_thresh}")
+
+
+@dataclass(frozen=True)
 class RPNConfig(_Checked):
     """Region Proposal Network: head, proposal selection, and training targets."""
 
@@ -197,16 +226,13 @@ class RPNConfig(_Checked):
     min_box_size: float = 1e-3
     min_box_size_strict: bool = False
     box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
-    # Training (issue 3): anchor labelling and sampling.
-    fg_iou_thresh: float = 0.7
-    bg_iou_thresh: float = 0.3
-    batch_size_per_image: int = 256
-    positive_fraction: float = 0.5
+    # Training: anchor labelling and sampling.
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(
+        fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+        allow_low_quality_matches=True,
+    ))
     # Box loss: smooth L1 with this beta; 0 makes it plain L1 (Detectron2's choice).
     smooth_l1_beta: float = 1.0 / 9.0
-    # Background anchors this much inside an iscrowd region (intersection over
-    # the anchor's area) are ignored instead of taught as background.
-    crowd_ioa_thresh: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -242,14 +268,12 @@ class BoxHeadConfig(_Checked):
     # Detections narrower or shorter than this are dropped (torchvision: 1e-2;
     # Detectron2 drops nothing here: None).
     min_box_size: float | None = 1e-2
-    # Training (issue 3).
-    fg_iou_thresh: float = 0.5
-    bg_iou_thresh: float = 0.5
-    batch_size_per_image: int = 512
-    positive_fraction: float = 0.25
+    # Training: proposals (with the ground-truth boxes added) labelled and sampled.
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(
+        fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=512, positive_fraction=0.25,
+    ))
     # Box loss: smooth L1 with this beta; 0 makes it plain L1.
     smooth_l1_beta: float = 1.0 / 9.0
-    crowd_ioa_thresh: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -266,11 +290,19 @@ class MaskHeadConfig(_Checked):
     #   to integers; "detectron2": bilinear sampling at pixel centres of the exact box.
     paste_rule: PasteRule = "torchvision"
     threshold: float = 0.5
+    # What the predictor's channels mean, and so its loss (the paper's Table 2b):
     # "sigmoid": one mask per class, per-pixel sigmoid on the true class only
     # (the paper's choice: masks do not compete); "softmax": a background
     # channel and K class channels competing through a per-pixel softmax;
-    # "class_agnostic": one mask for every class (the paper's Table 2b).
-    loss: MaskLoss = "sigmoid"
+    # "class_agnostic": one mask for every class.
+    representation: MaskRepresentation = "sigmoid"
+    # Training targets: the RoI's window of its ground-truth mask, resampled to
+    # the head's output size by RoIAlign.
+    # "torchvision": RoIAlign unaligned, adaptive sampling, soft targets (the
+    #   averaged mask values in [0, 1]);
+    # "detectron2": RoIAlign aligned (half-pixel), adaptive sampling, then
+    #   binarised at 0.5.
+    target_rule: MaskTargetRule = "torchvision"
 
 
 # COCO's person keypoints, in the order of its annotations.
@@ -353,6 +385,10 @@ class ModelConfig(_Checked):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.keypoint_head is not None and self.architecture == "c4":
+            # Neither peer has one (Detectron2's Res5ROIHeads refuses keypoints), and
+            # whether keypoints should pool through res5 would be a guess.
+            raise ValueError("ModelConfig: a keypoint head needs architecture 'fpn' or 'dc5', not 'c4'")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         if self.category_ids and len(self.category_ids) != self.num_classes:
@@ -486,7 +522,8 @@ def detectron2_r50_fpn() -> ModelConfig:
                       smooth_l1_beta=0.0),
         box_head=BoxHeadConfig(pooler=adaptive_v2, min_box_size=None, smooth_l1_beta=0.0),
         mask_head=MaskHeadConfig(
-            pooler=dataclasses.replace(adaptive_v2, resolution=14), paste_rule="detectron2"
+            pooler=dataclasses.replace(adaptive_v2, resolution=14), paste_rule="detectron2",
+            target_rule="detectron2",
         ),
         clip_to_original=True,
     )
@@ -635,9 +672,12 @@ def demo_model() -> ModelConfig:
         fpn=FPNConfig(out_channels=64),
         anchors=AnchorConfig(sizes=(16.0, 32.0, 64.0, 128.0, 256.0)),
         rpn=RPNConfig(pre_nms_topk_train=600, post_nms_topk_train=300, pre_nms_topk_test=300,
-                      post_nms_topk_test=150, batch_size_per_image=128),
-        box_head=BoxHeadConfig(fc_dim=256, batch_size_per_image=64, detections_per_image=30),
-        mask_head=MaskHeadConfig(conv_dims=(32, 32, 32, 32)),
+                      post_nms_topk_test=150,
+                      sampler=dataclasses.replace(RPNConfig().sampler, batch_size_per_image=128)),
+        box_head=BoxHeadConfig(fc_dim=256, detections_per_image=30,
+                               sampler=dataclasses.replace(BoxHeadConfig().sampler, batch_size_per_image=64)),
+        # Binarised targets, as the demo has been trained since v0.1.
+        mask_head=MaskHeadConfig(conv_dims=(32, 32, 32, 32), target_rule="detectron2"),
     )
 
 

@@ -10,6 +10,8 @@ process holding the whole batch.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -48,3 +50,15 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(values, t.tolist(), strict=True))
+
+
+def setup_distributed() -> None:
+    """Join the process group that ``torchrun`` describes in the environment (no-op otherwise).
+
+    NCCL on GPUs (each process on its ``LOCAL_RANK`` device), gloo on CPUs.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend)

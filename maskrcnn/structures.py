@@ -15,14 +15,51 @@ Shape shorthand: ``N`` images, ``R`` RoIs, ``D`` detections, ``K`` classes,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+_T = TypeVar("_T")
+
+
+def _map_tensors(value: _T, fn: Callable[[Tensor], Tensor]) -> _T:
+    """A new dataclass like ``value`` with ``fn`` applied to each tensor field.
+
+    ``None`` stays ``None`` and other fields are shallow copies (a list of
+    sizes is a new list). The copy is built by the class's constructor, so
+    ground truth checks its shapes again.
+    """
+    changes = {}
+    for f in fields(value):  # type: ignore[arg-type]
+        item = getattr(value, f.name)
+        changes[f.name] = fn(item) if isinstance(item, Tensor) else copy.copy(item)
+    return replace(value, **changes)  # type: ignore[type-var]
+
+
+class _Movable:
+    """``to(device)`` for a dataclass: every tensor field moved."""
+
+    def to(self: _T, device: torch.device | str) -> _T:
+        return _map_tensors(self, lambda t: t.to(device))
+
+
+class _Instances(_Movable):
+    """``to(device)`` and indexing for a dataclass whose tensor fields all hold one row per instance.
+
+    ``x[index]`` (a bool mask, an index tensor or a slice) selects the same
+    instances from every tensor field.
+    """
+
+    def __getitem__(self: _T, index: Tensor | slice) -> _T:
+        return _map_tensors(self, lambda t: t[index])
+
 
 @dataclass
-class ImageBatch:
+class ImageBatch(_Movable):
     """Images resized, normalised and padded to one tensor.
 
     ``tensor`` is ``(N, 3, H, W)``; image ``i`` occupies
@@ -38,8 +75,10 @@ class ImageBatch:
     def __len__(self) -> int:
         return self.tensor.shape[0]
 
-    def to(self, device: torch.device | str) -> ImageBatch:
-        return ImageBatch(self.tensor.to(device), list(self.image_sizes), list(self.original_sizes))
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the padded batch."""
+        return self.tensor.shape[-2], self.tensor.shape[-1]
 
 
 @dataclass
@@ -54,7 +93,7 @@ class Proposals:
 
 
 @dataclass
-class Detections:
+class Detections(_Instances):
     """Final detections of one image.
 
     ``boxes (D, 4)``, ``scores (D,)`` in [0, 1], ``labels (D,)`` int64 contiguous
@@ -72,26 +111,6 @@ class Detections:
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
-
-    def to(self, device: torch.device | str) -> Detections:
-        return Detections(
-            self.boxes.to(device),
-            self.scores.to(device),
-            self.labels.to(device),
-            None if self.masks is None else self.masks.to(device),
-            None if self.keypoints is None else self.keypoints.to(device),
-            self.class_names,
-        )
-
-    def __getitem__(self, index: Tensor | slice) -> Detections:
-        return Detections(
-            self.boxes[index],
-            self.scores[index],
-            self.labels[index],
-            None if self.masks is None else self.masks[index],
-            None if self.keypoints is None else self.keypoints[index],
-            self.class_names,
-        )
 
     @property
     def names(self) -> list[str]:
@@ -138,7 +157,7 @@ class Sample:
 
 
 @dataclass
-class Targets:
+class Targets(_Movable):
     """Ground truth of one image for training, in network-input pixels (after resize and flip).
 
     Same fields as ``Annotations``; ``masks`` are ``(M, h, w)`` at the
@@ -167,16 +186,6 @@ class Targets:
         if self.seed is None:
             return None
         return torch.Generator().manual_seed((self.seed * 1_000_003 + salt) % (2**63))
-
-    def to(self, device: torch.device | str) -> Targets:
-        return Targets(
-            self.boxes.to(device),
-            self.labels.to(device),
-            None if self.masks is None else self.masks.to(device),
-            None if self.keypoints is None else self.keypoints.to(device),
-            self.crowd_boxes.to(device),
-            self.seed,
-        )
 
 
 def check_instance_shapes(gt: Annotations | Targets) -> None:

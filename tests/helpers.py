@@ -36,7 +36,7 @@ def random_state(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model = build_model(config)
     state = model.state_dict()
-    state["box_head.cls_score.bias"] = torch.tensor([-4.0] + [2.0] * config.num_classes)
+    state["box.head.cls_score.bias"] = torch.tensor([-4.0] + [2.0] * config.num_classes)
     return state
 
 
@@ -137,7 +137,11 @@ def tiny_demo_config(dataset: Any, **rpn_changes: Any) -> ModelConfig:
         class_names=dataset.class_names,
         category_ids=dataset.category_ids,
         input=dataclasses.replace(base.input, min_size=64, max_size=64, train_min_sizes=(64,)),
-        rpn=dataclasses.replace(base.rpn, batch_size_per_image=32, pre_nms_topk_train=200,
-                                post_nms_topk_train=100, **rpn_changes),
-        box_head=dataclasses.replace(base.box_head, batch_size_per_image=32),
+        rpn=dataclasses.replace(
+            base.rpn, sampler=dataclasses.replace(base.rpn.sampler, batch_size_per_image=32),
+            pre_nms_topk_train=200, post_nms_topk_train=100, **rpn_changes,
+        ),
+        box_head=dataclasses.replace(
+            base.box_head, sampler=dataclasses.replace(base.box_head.sampler, batch_size_per_image=32)
+        ),
     )

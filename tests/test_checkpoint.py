@@ -141,17 +141,17 @@ def test_atomic_write_keeps_the_old_file(
 
 def test_own_file_with_wrong_tensors_is_reported(slim_state: dict[str, Tensor], tmp_path: Path) -> None:
     state = dict(slim_state)
-    del state["mask_head.deconv.bias"]
-    state["box_head.fc3.weight"] = torch.zeros(2, 2)
-    state["box_head.cls_score.weight"] = torch.zeros(5, 64)
+    del state["mask.head.deconv.bias"]
+    state["box.head.fc3.weight"] = torch.zeros(2, 2)
+    state["box.head.cls_score.weight"] = torch.zeros(5, 64)
     path = save_model(tmp_path / "edited.safetensors", SLIM, state)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     msg = str(info.value)
     assert msg.startswith(f"{path}: the maskrcnn checkpoint's tensors do not fit")
-    assert "1 missing: mask_head.deconv.bias" in msg
-    assert "1 unexpected: box_head.fc3.weight" in msg
-    assert "box_head.cls_score.weight is (5, 64), expected (4, 64)" in msg
+    assert "1 missing: mask.head.deconv.bias" in msg
+    assert "1 unexpected: box.head.fc3.weight" in msg
+    assert "box.head.cls_score.weight is (5, 64), expected (4, 64)" in msg
 
 
 def test_broken_config_is_reported(slim_state: dict[str, Tensor], tmp_path: Path) -> None:

@@ -178,8 +178,8 @@ def test_score_threshold_below_the_models_own_returns_lower_scores(tmp_path: Pat
     # Background strongly preferred: every detection scores about 0.02, below the model's 0.05.
     config = small_config()
     state = random_state(config)
-    state["box_head.cls_score.weight"] = torch.zeros_like(state["box_head.cls_score.weight"])
-    state["box_head.cls_score.bias"] = torch.tensor([2.0] + [-2.0] * config.num_classes)
+    state["box.head.cls_score.weight"] = torch.zeros_like(state["box.head.cls_score.weight"])
+    state["box.head.cls_score.bias"] = torch.tensor([2.0] + [-2.0] * config.num_classes)
     low = save_model(tmp_path / "low.safetensors", config, state)
     image = _photo(tmp_path / "a.png")
     default, lowered = tmp_path / "default.json", tmp_path / "lowered.json"

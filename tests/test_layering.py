@@ -1,6 +1,6 @@
 """The package's layers import only downward, and the package names no shared folder.
 
-Layers, lowest first: ``config``, then ``structures``, ``dist``, ``files`` and
+Layers, lowest first: ``config`` and ``overrides``, then ``structures``, ``dist``, ``files`` and
 ``ops``; then ``checkpoint``, ``model`` and ``data``; then ``convert``; then ``engine``; then
 ``cli`` (and ``__main__``, ``__init__``, which expose it). A module may import its
 own layer and those below, never one above.
@@ -14,6 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "maskrcnn"
 RANK = {
     "config": 0,
+    "overrides": 0,
     "structures": 1, "dist": 1, "files": 1, "checkpoint": 2, "ops": 1,
     "model": 2, "data": 2,
     "convert": 3,

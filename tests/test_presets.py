@@ -25,6 +25,18 @@ def test_r50_fpn_has_torchvisions_parameters_less_the_background_rows() -> None:
     assert f"{parameter_count(cfg) / 1e6:.1f}M" == "44.4M"
 
 
+# What each preset must hold, written out so that a preset that loses a branch fails.
+BRANCHES = {name: {"mask"} for name in PRESETS} | {"r50-fpn-keypoints": {"keypoint"}}
+LOSSES = {"mask": {"loss_mask"}, "keypoint": {"loss_keypoint"}}
+
+
+def test_every_preset_has_its_branches() -> None:
+    assert set(BRANCHES) == set(PRESETS)
+    for name, preset in PRESETS.items():
+        model = build_model(preset.model.replace(num_classes=3, class_names=(), category_ids=()))
+        assert {b for b in ("mask", "keypoint") if getattr(model, b) is not None} == BRANCHES[name], name
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_trains_and_predicts_on_a_small_image(name: str) -> None:
     preset = PRESETS[name]
@@ -39,21 +51,20 @@ def test_preset_trains_and_predicts_on_a_small_image(name: str) -> None:
     target = Targets(torch.tensor([[20.0, 10.0, 70.0, 40.0]]), torch.tensor([1]), masks)
     losses = model.loss(batch, [target])
     expected = {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box"}
-    expected |= {"loss_mask"} if cfg.mask_head is not None else set()
-    expected |= {"loss_keypoint"} if cfg.keypoint_head is not None else set()
+    expected |= set().union(*(LOSSES[b] for b in BRANCHES[name]))
     assert set(losses) == expected  # exactly its branches: none lost, none extra
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     model.eval()
     (det,) = model.predict(batch)
     assert det.boxes.shape[0] == det.scores.shape[0] == det.labels.shape[0]
-    if cfg.mask_head is not None:
+    if "mask" in BRANCHES[name]:
         assert det.masks is not None and det.masks.shape == (len(det), 64, 96)
         assert det.masks.dtype == torch.bool
     else:
         assert det.masks is None
-    if cfg.keypoint_head is not None:
-        assert det.keypoints is not None
+    if "keypoint" in BRANCHES[name]:
+        assert cfg.keypoint_head is not None and det.keypoints is not None
         assert det.keypoints.shape == (len(det), cfg.keypoint_head.num_keypoints, 3)
     else:
         assert det.keypoints is None

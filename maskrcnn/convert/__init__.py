@@ -201,7 +201,7 @@ def _unknown_layout(obj: Mapping[str, Any], state: Mapping[str, Any]) -> str:
     msg += f"{len(names)} entries: {shown or 'none'}"
     if state is not obj:
         msg += f" (inside a dict with keys {', '.join(map(str, list(obj)[:_EXAMPLES]))})"
-    if "box_head.cls_score.weight" in state:
+    if "box.head.cls_score.weight" in state or "box_head.cls_score.weight" in state:
         msg += "; it looks like a bare maskrcnn state dict: save it with its config"
         msg += " (maskrcnn.checkpoint.save_model)"
     if "blobs" in obj:

@@ -85,12 +85,12 @@ _RULES: list[tuple[re.Pattern[str], str, Transform | None]] = [
         (rf"proposal_generator\.rpn_head\.conv\.{_P}", "rpn.head.conv.{t}", None),
         (rf"proposal_generator\.rpn_head\.objectness_logits\.{_P}", "rpn.head.objectness.{t}", None),
         (rf"proposal_generator\.rpn_head\.anchor_deltas\.{_P}", "rpn.head.deltas.{t}", None),
-        (rf"roi_heads\.box_head\.fc(?P<n>[12])\.{_P}", "box_head.fc{n}.{t}", None),
-        (rf"roi_heads\.box_predictor\.cls_score\.{_P}", "box_head.cls_score.{t}", _background_first),
-        (rf"roi_heads\.box_predictor\.bbox_pred\.{_P}", "box_head.bbox_pred.{t}", None),
-        (rf"roi_heads\.mask_head\.mask_fcn(?P<conv>\d+)\.{_P}", "mask_head.convs.{conv}.{t}", None),
-        (rf"roi_heads\.mask_head\.deconv\.{_P}", "mask_head.deconv.{t}", None),
-        (rf"roi_heads\.mask_head\.predictor\.{_P}", "mask_head.predictor.{t}", None),
+        (rf"roi_heads\.box_head\.fc(?P<n>[12])\.{_P}", "box.head.fc{n}.{t}", None),
+        (rf"roi_heads\.box_predictor\.cls_score\.{_P}", "box.head.cls_score.{t}", _background_first),
+        (rf"roi_heads\.box_predictor\.bbox_pred\.{_P}", "box.head.bbox_pred.{t}", None),
+        (rf"roi_heads\.mask_head\.mask_fcn(?P<conv>\d+)\.{_P}", "mask.head.convs.{conv}.{t}", None),
+        (rf"roi_heads\.mask_head\.deconv\.{_P}", "mask.head.deconv.{t}", None),
+        (rf"roi_heads\.mask_head\.predictor\.{_P}", "mask.head.predictor.{t}", None),
     ]
 ]
 

@@ -135,7 +135,7 @@ def infer_config(base: ModelConfig, state: Mapping[str, Any]) -> ModelConfig:
         backbone = dataclasses.replace(cfg.backbone, groups=groups, width_per_group=conv2[1])
         cfg = cfg.replace(backbone=backbone)
 
-    cls = _shape(state, "box_head.cls_score.weight") or _shape(state, "box_head.cls_score.bias")
+    cls = _shape(state, "box.head.cls_score.weight") or _shape(state, "box.head.cls_score.bias")
     if cls is not None:
         k = cls[0] - 1
         if k < 1:
@@ -149,7 +149,7 @@ def infer_config(base: ModelConfig, state: Mapping[str, Any]) -> ModelConfig:
     )
 
 
-_MASK_CONV = re.compile(r"mask_head\.convs\.(\d+)\.weight")
+_MASK_CONV = re.compile(r"mask\.head\.convs\.(\d+)\.weight")
 
 
 def _mask_head(base: MaskHeadConfig | None, state: Mapping[str, Any]) -> MaskHeadConfig | None:
@@ -158,10 +158,10 @@ def _mask_head(base: MaskHeadConfig | None, state: Mapping[str, Any]) -> MaskHea
     FPN and DC5 models have 4 convs of 256 before the deconv; C4 models none
     (the deconv reads res5's 2048 channels and writes 256).
     """
-    if not any(name.startswith("mask_head.") for name in state):
+    if not any(name.startswith("mask.head.") for name in state):
         return None
     head = base or MaskHeadConfig()
-    deconv = _shape(state, "mask_head.deconv.weight")
+    deconv = _shape(state, "mask.head.deconv.weight")
     if deconv is None or len(deconv) != 4:
         return head  # too little to go on; compare_state reports what is missing
     conv_dims = _conv_widths(state, _MASK_CONV)
@@ -181,7 +181,7 @@ def _conv_widths(state: Mapping[str, Any], pattern: re.Pattern[str]) -> tuple[in
     return tuple(convs[i] for i in sorted(convs))
 
 
-_KEYPOINT_CONV = re.compile(r"keypoint_head\.convs\.(\d+)\.weight")
+_KEYPOINT_CONV = re.compile(r"keypoint\.head\.convs\.(\d+)\.weight")
 
 
 def _keypoint_head(base: KeypointHeadConfig | None, state: Mapping[str, Any]) -> KeypointHeadConfig | None:
@@ -190,15 +190,15 @@ def _keypoint_head(base: KeypointHeadConfig | None, state: Mapping[str, Any]) ->
     A count other than ``base``'s (COCO's 17 by default) drops the names,
     flip pairs and skeleton, which only fit the keypoints they were written for.
     """
-    if not any(name.startswith("keypoint_head.") for name in state):
+    if not any(name.startswith("keypoint.head.") for name in state):
         return None
     head = base or KeypointHeadConfig()
     conv_dims = _conv_widths(state, _KEYPOINT_CONV)
     if conv_dims:
         head = dataclasses.replace(head, conv_dims=conv_dims)
     # ConvTranspose2d weights are (in, out, k, k): one output channel per keypoint.
-    weight = _shape(state, "keypoint_head.predictor.weight")
-    bias = _shape(state, "keypoint_head.predictor.bias")
+    weight = _shape(state, "keypoint.head.predictor.weight")
+    bias = _shape(state, "keypoint.head.predictor.bias")
     count = weight[1] if weight and len(weight) == 4 else bias[0] if bias else head.num_keypoints
     if count != head.num_keypoints:
         head = dataclasses.replace(head, num_keypoints=count, keypoint_names=(), flip_pairs=(), skeleton=())

@@ -17,9 +17,9 @@ labels are COCO category ids minus one, ten of them "N/A".
 
 Keypoint R-CNN: torchvision's keypoint head is one ``nn.Sequential`` of
 conv, ReLU, conv, ReLU, ... (``keypoint_head.0``, ``.2``, ..., ``.14``: the
-ReLUs hold no weights), which become ``keypoint_head.convs.0..7``; its
+ReLUs hold no weights), which become ``keypoint.head.convs.0..7``; its
 ``keypoint_predictor.kps_score_lowres`` deconvolution is our
-``keypoint_head.predictor``. Its 2 classes (background, person) leave us one
+``keypoint.head.predictor``. Its 2 classes (background, person) leave us one
 foreground class, person, COCO category id 1.
 """
 
@@ -53,18 +53,18 @@ _RULES: list[tuple[re.Pattern[str], str, Transform | None]] = [
         (r"rpn\.head\.conv\.(?:0\.0\.)?(weight|bias)", r"rpn.head.conv.\1", None),
         (r"rpn\.head\.cls_logits\.(weight|bias)", r"rpn.head.objectness.\1", None),
         (r"rpn\.head\.bbox_pred\.(weight|bias)", r"rpn.head.deltas.\1", None),
-        (r"roi_heads\.box_head\.fc6\.(weight|bias)", r"box_head.fc1.\1", None),
-        (r"roi_heads\.box_head\.fc7\.(weight|bias)", r"box_head.fc2.\1", None),
-        (r"roi_heads\.box_predictor\.cls_score\.(weight|bias)", r"box_head.cls_score.\1", None),
+        (r"roi_heads\.box_head\.fc6\.(weight|bias)", r"box.head.fc1.\1", None),
+        (r"roi_heads\.box_head\.fc7\.(weight|bias)", r"box.head.fc2.\1", None),
+        (r"roi_heads\.box_predictor\.cls_score\.(weight|bias)", r"box.head.cls_score.\1", None),
         # (4 (K + 1), D) -> (4 K, D): torchvision's label j (1..K) at rows 4j..4j+3 becomes our
         # label j - 1 at rows 4(j - 1)..4(j - 1)+3.
-        (r"roi_heads\.box_predictor\.bbox_pred\.(weight|bias)", r"box_head.bbox_pred.\1", _drop_rows(4)),
-        (r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)", r"mask_head.convs.\1.\2", None),
-        (r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)", r"mask_head.deconv.\1", None),
+        (r"roi_heads\.box_predictor\.bbox_pred\.(weight|bias)", r"box.head.bbox_pred.\1", _drop_rows(4)),
+        (r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)", r"mask.head.convs.\1.\2", None),
+        (r"roi_heads\.mask_predictor\.conv5_mask\.(weight|bias)", r"mask.head.deconv.\1", None),
         # (K + 1, 256, 1, 1) -> (K, 256, 1, 1)
-        (r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", r"mask_head.predictor.\1",
+        (r"roi_heads\.mask_predictor\.mask_fcn_logits\.(weight|bias)", r"mask.head.predictor.\1",
          _drop_rows(1)),
-        (r"roi_heads\.keypoint_predictor\.kps_score_lowres\.(weight|bias)", r"keypoint_head.predictor.\1",
+        (r"roi_heads\.keypoint_predictor\.kps_score_lowres\.(weight|bias)", r"keypoint.head.predictor.\1",
          None),
     ]
 ]
@@ -91,10 +91,10 @@ def matches(keys: Iterable[str]) -> bool:
 def _rename(name: str) -> tuple[str, Transform | None]:
     m = _OLD_MASK_FCN.fullmatch(name)
     if m:
-        return f"mask_head.convs.{int(m.group(1)) - 1}.{m.group(2)}", None
+        return f"mask.head.convs.{int(m.group(1)) - 1}.{m.group(2)}", None
     m = _KEYPOINT_CONV.fullmatch(name)
     if m:
-        return f"keypoint_head.convs.{int(m.group(1)) // 2}.{m.group(2)}", None
+        return f"keypoint.head.convs.{int(m.group(1)) // 2}.{m.group(2)}", None
     for pattern, template, transform in _RULES:
         if pattern.fullmatch(name):
             return pattern.sub(template, name), transform

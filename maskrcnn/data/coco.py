@@ -82,7 +82,7 @@ import pickle
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,8 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from ..structures import Annotations, Sample
-from .images import load_image
+from .images import load_image, read_image_size
+from .report import DatasetReport
 from .validation import (
     DatasetError,
     as_int,
@@ -105,7 +106,7 @@ from .validation import (
     short,
 )
 
-__all__ = ["CocoDataset", "DatasetError", "DatasetReport", "ImageSizeMismatchError", "Problem"]
+__all__ = ["CocoDataset", "DatasetError", "ImageSizeMismatchError"]
 
 # Problem kinds reported by the datasets of this package.
 MISSING_IMAGE = "missing image file"
@@ -124,86 +125,8 @@ BAD_ANNOTATION_ID = "missing or non-integer annotation id"
 DUPLICATE_ANNOTATION = "duplicate annotation id"
 BAD_BOX = "malformed box"
 
-_EXIF_ORIENTATION = 0x0112
-# EXIF orientations 5..8 rotate by 90 degrees (with or without a mirror): height and width swap.
-_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One example of a skipped problem: where it is and what is wrong."""
-
-    kind: str
-    file_name: str
-    annotation_id: int | None
-    detail: str
-
-
-@dataclass
-class DatasetReport:
-    """What a dataset found while validating: problem counts per kind, a few examples each.
-
-    ``num_images``, ``num_instances`` and ``num_crowd`` count what was kept;
-    ``num_negatives`` the kept images without instances (they train as negatives).
-    """
-
-    counts: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[Problem]] = field(default_factory=dict)
-    num_images: int = 0
-    num_instances: int = 0
-    num_crowd: int = 0
-    num_negatives: int = 0
-    max_examples: int = 5
-
-    def add(self, kind: str, file_name: str, annotation_id: int | None = None, detail: str = "") -> None:
-        """Count one problem of ``kind``; keep it as an example while fewer than ``max_examples`` are."""
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        examples = self.examples.setdefault(kind, [])
-        if len(examples) < self.max_examples:
-            examples.append(Problem(kind, file_name, annotation_id, detail))
-
-    @property
-    def total(self) -> int:
-        """Number of problems of all kinds (0 for a clean dataset)."""
-        return sum(self.counts.values())
-
-    def summary(self) -> str:
-        """Human-readable lines: what was kept, then each problem kind with its examples."""
-        lines = [
-            f"{self.num_images} images"
-            + (f" ({self.num_negatives} without instances: negatives)" if self.num_negatives else "")
-            + f", {self.num_instances} instances, {self.num_crowd} crowd regions; "
-            + (f"{self.total} problems skipped" if self.total else "no problems")
-        ]
-        for kind in sorted(self.counts):
-            lines.append(f"  {kind}: {self.counts[kind]}")
-            for p in self.examples.get(kind, []):
-                where = p.file_name or "?"
-                if p.annotation_id is not None:
-                    where += f" (annotation {p.annotation_id})"
-                lines.append(f"    {where}" + (f": {p.detail}" if p.detail else ""))
-        return "\n".join(lines)
-
-
 class ImageSizeMismatchError(DatasetError):
     """An image read from disk does not have the size its annotations were made for."""
-
-
-def read_image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image as ``load_image`` returns it, from the header only.
-
-    The EXIF orientation is applied (5..8 swap the sides). Raises ``OSError``
-    (PIL's ``UnidentifiedImageError`` included) when the header cannot be read.
-    """
-    with Image.open(path) as image:
-        width, height = image.size
-        try:
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        except Exception:  # a broken EXIF block; load_image would ignore it as well
-            orientation = 1
-    if orientation in _TRANSPOSING_ORIENTATIONS:
-        return width, height
-    return height, width
 
 
 class SerializedList:

@@ -10,6 +10,9 @@ caller's data.
   truncated or corrupt file fails here with an :class:`ImageReadError` that
   names the file, rather than deep inside a batch. It applies the EXIF
   orientation, so a phone photo comes out the way it is displayed.
+- :func:`read_image_size` reads only a file's header: the size :func:`load_image`
+  would return (EXIF orientation applied), for checking a dataset's sizes
+  without decoding its images.
 - :func:`to_rgb_array` accepts what the Python API accepts: a PIL image, a
   numpy array or a torch tensor.
 
@@ -48,6 +51,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 _FLOAT_RANGE_SLACK = 0.05
 
 _TIFF_BITS_PER_SAMPLE = 258
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientations 5..8 rotate by 90 degrees (with or without a mirror): height and width swap.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 class ImageReadError(Exception):
@@ -169,6 +175,23 @@ def load_image(path: str | Path) -> np.ndarray:
             return _pil_to_rgb(image, declared_bits=bits)
         except ValueError as exc:
             raise ImageReadError(path, str(exc)) from exc
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image as :func:`load_image` returns it, from the header only.
+
+    The EXIF orientation is applied (5..8 swap the sides). Raises ``OSError``
+    (PIL's ``UnidentifiedImageError`` included) when the header cannot be read.
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        try:
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        except Exception:  # a broken EXIF block; load_image would ignore it as well
+            orientation = 1
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        return width, height
+    return height, width
 
 
 def to_rgb_array(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:

@@ -73,15 +73,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..structures import Annotations, Sample
-from .coco import (
-    SIZE_MISMATCH,
-    UNREADABLE_IMAGE,
-    DatasetReport,
-    ImageSizeMismatchError,
-    SerializedList,
-    read_image_size,
-)
-from .images import IMAGE_EXTENSIONS, load_image
+from .coco import SIZE_MISMATCH, UNREADABLE_IMAGE, ImageSizeMismatchError, SerializedList
+from .images import IMAGE_EXTENSIONS, load_image, read_image_size
+from .report import DatasetReport
 from .validation import DatasetError
 
 MISSING_MASK = "missing mask"

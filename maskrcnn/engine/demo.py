@@ -11,17 +11,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from ..config import PRESETS
 from ..data.coco import CocoDataset
 from ..data.images import load_image
 from ..data.synthetic import make_demo_dataset
+from .configure import configure
 from .evaluate import format_table
 from .predict import Predictor
 from .train import Trainer, ValidationSet
@@ -43,15 +42,7 @@ def demo(out: Path, *, iterations: int | None = None, seed: int = 0) -> int:
         out / "data", train_images=TRAIN_IMAGES, val_images=VAL_IMAGES, seed=seed
     )
     dataset = CocoDataset(train_json, train_dir)
-    preset = PRESETS[PRESET]
-    cfg = preset.model.replace(
-        num_classes=len(dataset.class_names),
-        class_names=tuple(dataset.class_names),
-        category_ids=tuple(dataset.category_ids),
-    )
-    solver = preset.solver if iterations is None else dataclasses.replace(
-        preset.solver, iterations=iterations, warmup_iters=min(preset.solver.warmup_iters, iterations)
-    )
+    cfg, solver = configure(dataset, preset=PRESET, iterations=iterations)  # as `maskrcnn train` would
     print(f"2/3 training {PRESET} from scratch: {solver.iterations} iterations of {solver.batch_size} images",
           file=sys.stderr)
     trainer = Trainer(model_cfg=cfg, solver=solver, dataset=dataset, out_dir=out / "train",

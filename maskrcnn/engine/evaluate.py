@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import os
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -50,7 +50,6 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
-from tqdm import tqdm
 
 from ..data.images import ImageReadError, load_image
 from ..data.validation import DatasetError, clean_ground_truth
@@ -268,37 +267,18 @@ def evaluate(
     results: list[dict[str, Any]] = []
     evaluated: list[int] = []
     failed: list[str] = []
-    pending: list[tuple[dict[str, Any], np.ndarray]] = []
-
-    def flush() -> None:
-        detections = predictor.predict_arrays([array for _, array in pending])
-        for (entry, _), det in zip(pending, detections, strict=True):
-            keypoints = predictor.coco_keypoints(det)
+    predictions = predictor.predict_files(entries, batch_size=batch_size, progress=progress, desc="evaluate",
+                                          read=functools.partial(_read, image_dir))
+    with contextlib.closing(predictions):  # closes the progress bar however the loop ends
+        for prediction in predictions:
+            entry, det = prediction.source, prediction.detections
+            if det is None:  # skipped, and reported on stderr
+                failed.append(entry["file_name"])
+                continue
             records = to_coco_results(entry["file_name"], det.boxes, det.scores,
-                                      predictor.category_ids(det), det.masks, keypoints)
+                                      predictor.category_ids(det), det.masks, predictor.coco_keypoints(det))
             results.extend({"image_id": entry["id"], **record} for record in records)
             evaluated.append(entry["id"])
-        bar.update(len(pending))
-        pending.clear()
-
-    bar = tqdm(total=len(entries), unit="img", desc="evaluate", disable=not progress, file=sys.stderr)
-    try:
-        for entry in entries:
-            name = entry["file_name"]
-            try:
-                array = _read(image_dir / name, entry)
-            except ImageReadError as exc:
-                failed.append(name)
-                bar.update(1)
-                tqdm.write(f"skipped {exc}", file=sys.stderr)
-                continue
-            pending.append((entry, array))
-            if len(pending) == batch_size:
-                flush()
-        if pending:
-            flush()
-    finally:
-        bar.close()
 
     metrics: dict[str, Any] = dict(coco_metrics(gt, results, iou_types, image_ids=evaluated, verbose=verbose))
     metrics["images"] = len(evaluated)
@@ -330,8 +310,9 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _read(path: Path, entry: dict[str, Any]) -> np.ndarray:
+def _read(image_dir: Path, entry: dict[str, Any]) -> np.ndarray:
     """The image of one annotation entry, checked against the size the annotations were made at."""
+    path = image_dir / entry["file_name"]
     array = load_image(path)
     height, width = array.shape[:2]
     expected = (entry.get("height"), entry.get("width"))

@@ -3,16 +3,13 @@
 One iteration: a batch of augmented images, the detector's five losses
 summed (Mask R-CNN's L = L_cls + L_box + L_mask, plus the RPN's objectness
 and box terms), backward, optional gradient clipping, an SGD step, and the
-learning rate of the schedule::
-
-    lr(i) = lr * warmup(i) * gamma ** (number of decay steps <= i)
-    warmup(i) = factor + (1 - factor) * i / warmup_iters   for i < warmup_iters
+learning rate of the schedule (warm-up, then step decay: ``schedule.py``).
 
 Under ``torchrun`` each process trains on its shard of every batch with
 ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPUs); only rank 0 writes
 logs and checkpoints, and metrics are averaged over processes.
 
-Files written to the output directory::
+Files written to the output directory (the logs and the curve by ``monitor.py``)::
 
     metrics.jsonl            one JSON object per logged iteration (and per validation)
     tensorboard/             the same scalars for TensorBoard
@@ -29,9 +26,6 @@ it fits the model (same classes, same tensor names and shapes).
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
 import time
 import warnings
@@ -50,10 +44,12 @@ from ..checkpoint import FORMAT_NAME, remove_stale_temporaries, save_model, unpa
 from ..config import ModelConfig, SolverConfig
 from ..data.batching import build_train_loader
 from ..data.transforms import pad_batch
-from ..files import write_atomically
 from ..model import MaskRCNN, build_model
 from ..structures import ImageBatch, Targets
+from .monitor import METRICS, Monitor, plot_losses, read_metrics, write_metrics
 from .results import write_json_atomic
+from .schedule import lr_factor, parameter_groups
+from .weights import load_initial_weights
 
 LAST_CHECKPOINT = "last_checkpoint.pth"
 FINAL_MODEL = "model_final.pth"
@@ -80,43 +76,6 @@ class ValidationSet:
 
     json_path: Path
     image_dir: Path
-
-
-def lr_factor(iteration: int, solver: SolverConfig) -> float:
-    """Multiplier of the base learning rate at ``iteration`` (warm-up times step decay)."""
-    factor = 1.0
-    if iteration < solver.warmup_iters:
-        alpha = iteration / solver.warmup_iters
-        factor = solver.warmup_factor * (1 - alpha) + alpha
-    decays = sum(iteration >= round(step * solver.iterations) for step in solver.steps)
-    return factor * solver.gamma**decays
-
-
-def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights, not on biases and normalisation parameters (as Detectron2 does)."""
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            norm = isinstance(module, nn.GroupNorm | nn.BatchNorm2d | nn.SyncBatchNorm)
-            (no_decay if norm or name == "bias" else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def load_initial_weights(model: nn.Module, path: Path) -> list[str]:
-    """Copy every tensor of a checkpoint whose name and shape fit the model; returns those left out.
-
-    This lets training start from a checkpoint with another number of
-    classes: the class-specific layers keep their fresh initialisation.
-    """
-    from ..convert import load_checkpoint
-
-    _, state = load_checkpoint(path)
-    own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(fitting, strict=False)
-    return sorted(set(own) - set(fitting))
 
 
 def _batch(images: list[Tensor], targets: list[Targets], cfg: ModelConfig, device: torch.device
@@ -171,13 +130,13 @@ class Trainer:
         # Channels-last convolutions are faster on the CPU and on tensor cores.
         self.model.to(self.device, memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
-            _parameter_groups(self.model, solver.weight_decay), lr=solver.lr, momentum=solver.momentum
+            parameter_groups(self.model, solver.weight_decay), lr=solver.lr, momentum=solver.momentum
         )
         self.iteration = 0
         self.nonfinite = 0
         self.history: list[dict[str, Any]] = []
         self.resumed = False
-        self._writer: Any = None
+        self.monitor = Monitor(self.out)
 
     # -- state ------------------------------------------------------------
 
@@ -248,9 +207,9 @@ class Trainer:
                                   f"{str(e).splitlines()[0] if str(e) else ''}); use another --out") from e
         self.iteration = iteration
         self.resumed = True
-        self.history = [h for h in _read_metrics(self.out) if h.get("iteration", 0) <= self.iteration]
+        self.history = [h for h in read_metrics(self.out) if h.get("iteration", 0) <= self.iteration]
         if self.rank == 0:
-            _write_metrics(self.out, self.history)
+            write_metrics(self.out, self.history)
         return True
 
     # -- logging ----------------------------------------------------------
@@ -259,23 +218,7 @@ class Trainer:
         if self.rank != 0:
             return
         self.history.append(record)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        writer = self._tensorboard()
-        if writer is not None:
-            for key, value in record.items():
-                if key != "iteration" and isinstance(value, int | float):
-                    writer.add_scalar(key, value, record["iteration"])
-
-    def _tensorboard(self) -> Any:
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # TensorBoard is optional at run time
-                self._writer = False
-            else:
-                self._writer = SummaryWriter(str(self.out / "tensorboard"))
-        return self._writer or None
+        self.monitor.append(record)
 
     # -- the loop ---------------------------------------------------------
 
@@ -298,11 +241,11 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             # Left by a run killed outright (SIGKILL) in the middle of a save.
-            for name in (LAST_CHECKPOINT, FINAL_MODEL, "final_metrics.json", "metrics.jsonl"):
+            for name in (LAST_CHECKPOINT, FINAL_MODEL, "final_metrics.json", METRICS):
                 remove_stale_temporaries(self.out / name)
             if not self.resumed and self.iteration == 0:
                 # A fresh run: the log of an earlier run in this folder would mix with this one's.
-                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+                (self.out / METRICS).unlink(missing_ok=True)
         model: nn.Module = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -421,7 +364,6 @@ class Trainer:
             predictor = Predictor(self.model, self.cfg, device=self.device)
             metrics, _ = evaluate(predictor, self.validation.json_path, self.validation.image_dir,
                                   progress=self.progress)
-            self.model.train()
             flat = {f"{kind}/{k}": v for kind in ("bbox", "segm") for k, v in metrics.get(kind, {}).items()}
             self._log({"iteration": self.iteration, **flat})
             if self.progress:
@@ -443,142 +385,9 @@ class Trainer:
             if metrics is not None:
                 write_json_atomic(self.out / "final_metrics.json", metrics, indent=2)
             plot_losses(self.history, self.out / "loss_curve.png")
-            if self._writer:
-                self._writer.close()
+            self.monitor.close()
         return metrics
 
 
 def _names(names: tuple[str, ...], shown: int = 4) -> str:
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "") if names else "unnamed"
-
-
-def _read_metrics(out: Path) -> list[dict[str, Any]]:
-    path = out / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_metrics(out: Path, records: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    write_atomically(out / "metrics.jsonl", lambda tmp: tmp.write_text(text))
-
-
-def plot_losses(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """The loss terms and their total against iterations, as a PNG."""
-    rows = [h for h in history if "total_loss" in h]
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    its = [h["iteration"] for h in rows]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    for key in sorted(k for k in rows[0] if k.startswith("loss_")) + ["total_loss"]:
-        values = [h.get(key, math.nan) for h in rows]
-        ax.plot(its, values, label=key.replace("loss_", ""), linewidth=2.2 if key == "total_loss" else 1.2)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("training losses")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def setup_distributed() -> None:
-    """Join the process group that ``torchrun`` describes in the environment (no-op otherwise)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend=backend)
-
-
-def replace_fields(obj: Any, assignments: list[str]) -> Any:
-    """Apply ``key=value`` overrides (dotted keys into nested dataclasses, JSON values) to a config."""
-    for item in assignments:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        obj = _replace_path(obj, key.split("."), value, key)
-    return obj
-
-
-def _replace_path(obj: Any, path: list[str], value: Any, full: str) -> Any:
-    if not dataclasses.is_dataclass(obj):
-        raise ValueError(f"--set {full}: {path[0]!r} is inside a {type(obj).__name__} value, not a config")
-    names = {f.name for f in dataclasses.fields(obj)}
-    if path[0] not in names:
-        raise ValueError(f"--set {full}: {type(obj).__name__} has no field {path[0]!r} "
-                         f"(fields: {', '.join(sorted(names))})")
-    current = getattr(obj, path[0])
-    if len(path) > 1:
-        new = _replace_path(current, path[1:], value, full)
-    else:
-        new = _coerce(current, value, full)
-    try:  # the config checks its choices and ranges where it is built
-        return dataclasses.replace(obj, **{path[0]: new})
-    except ValueError as e:
-        if str(e).startswith("--set "):
-            raise
-        raise ValueError(f"--set {full}: {e}") from None
-
-
-def _coerce(current: Any, value: Any, full: str) -> Any:
-    """``value`` in the type of the field's current value, or a clear error."""
-    if isinstance(value, list):
-        value = tuple(value)
-    if current is None or value is None or dataclasses.is_dataclass(current):
-        return value
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(current, float) and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    elif isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif isinstance(current, str) and isinstance(value, str):
-        return value
-    elif isinstance(current, tuple) and isinstance(value, tuple):
-        return value
-    raise ValueError(f"--set {full}: expected a {type(current).__name__} like {current!r}, got {value!r}")
-
-
-def configure(args: Any, dataset: Any) -> tuple[ModelConfig, SolverConfig]:
-    """The model and solver configs of a ``train`` command line for this dataset."""
-    from ..config import PRESETS
-
-    preset = PRESETS[args.preset]
-    cfg = preset.model.replace(
-        num_classes=len(dataset.class_names),
-        class_names=tuple(dataset.class_names),
-        category_ids=tuple(dataset.category_ids),
-    )
-    solver = preset.solver
-    if args.batch_size is not None and args.batch_size != solver.batch_size:
-        iterations = round(solver.iterations * solver.batch_size / args.batch_size)
-        warmup = round(solver.warmup_iters * solver.batch_size / args.batch_size)
-        solver = dataclasses.replace(solver, batch_size=args.batch_size, iterations=iterations,
-                                     warmup_iters=warmup)
-    if args.iterations is not None:
-        solver = dataclasses.replace(solver, iterations=args.iterations,
-                                     warmup_iters=min(solver.warmup_iters, args.iterations))
-    inp = cfg.input
-    if args.min_size:
-        inp = dataclasses.replace(inp, min_size=args.min_size[0], train_min_sizes=tuple(args.min_size))
-    if args.max_size:
-        inp = dataclasses.replace(inp, max_size=args.max_size)
-    cfg = cfg.replace(input=inp)
-    solver_sets = [s.removeprefix("solver.") for s in args.set if s.startswith("solver.")]
-    model_sets = [s for s in args.set if not s.startswith("solver.")]
-    return replace_fields(cfg, model_sets), replace_fields(solver, solver_sets)

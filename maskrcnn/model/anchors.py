@@ -12,7 +12,6 @@ Shapes: per level ``(H_l * W_l * A, 4)``.
 
 from __future__ import annotations
 
-import math
 from typing import get_args
 
 import torch
@@ -96,22 +95,3 @@ class AnchorGenerator(nn.Module):
             # (H*W, 1, 4) + (1, A, 4) -> (H*W*A, 4)
             anchors.append((shifts + cell.to(device)[None]).reshape(-1, 4))
         return anchors
-
-
-def level_of_boxes(
-    boxes: Tensor, *, min_level: int, max_level: int, canonical_size: float, canonical_level: int,
-    eps: float,
-) -> Tensor:
-    """FPN level index (0-based from ``min_level``) of each box, Eq. 1 of the FPN paper.
-
-    ``k = floor(k0 + log2(sqrt(wh) / 224))``, clamped to the available levels:
-    a 224-pixel box maps to level 4, a box half that size one level lower.
-    """
-    size = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    level = torch.floor(canonical_level + torch.log2(size / canonical_size) + eps)
-    return level.clamp(min=min_level, max=max_level).long() - min_level
-
-
-def level_range(strides: tuple[int, ...]) -> tuple[int, int]:
-    """``(min_level, max_level)`` for feature maps of these strides (stride 4 is level 2)."""
-    return int(math.log2(strides[0])), int(math.log2(strides[-1]))

@@ -12,6 +12,9 @@ boxes are matched at IoU 0.5, 512 RoIs per image are sampled with at most a
 quarter foreground, and the loss is cross-entropy plus smooth L1 on the true
 class's deltas.
 
+``BoxBranch`` owns the branch's numbers: its pooler, the head, the coder, the
+training sampler and the post-processing (score threshold, NMS, detection cap).
+
 Shapes: ``(R, C, P, P)`` -> logits ``(R, K + 1)``, deltas ``(R, 4K)``.
 """
 
@@ -22,11 +25,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..dist import global_normaliser
-from ..ops.boxes import BoxCoder, clip_boxes, large_enough
-from ..ops.matching import match, sample_balanced
+from ..ops.boxes import BoxCoder, box_regression_loss, clip_boxes, large_enough
+from ..ops.matching import BalancedSampler
 from ..ops.nms import batched_nms
-from ..structures import Detections, RoISamples, Targets
-from .rpn import box_regression_loss
+from ..structures import Detections, Proposals, RoISamples, Targets
+from .poolers import MultiLevelRoIPooler
 
 
 class BoxHead(nn.Module):
@@ -105,15 +108,7 @@ def detect_boxes(
 
 
 def sample_rois(
-    proposals: list[Tensor],
-    targets: list[Targets],
-    *,
-    box_coder: BoxCoder,
-    fg_iou_thresh: float,
-    bg_iou_thresh: float,
-    batch_size_per_image: int,
-    positive_fraction: float,
-    crowd_ioa_thresh: float,
+    proposals: list[Tensor], targets: list[Targets], *, sampler: BalancedSampler, box_coder: BoxCoder
 ) -> list[RoISamples]:
     """Match proposals (with the ground-truth boxes appended) and sample training RoIs per image.
 
@@ -123,10 +118,7 @@ def sample_rois(
     samples = []
     for props, t in zip(proposals, targets, strict=True):
         boxes = torch.cat((props.detach(), t.boxes))
-        m = match(boxes, t.boxes, fg_thresh=fg_iou_thresh, bg_thresh=bg_iou_thresh,
-                  allow_low_quality=False, crowd_boxes=t.crowd_boxes, crowd_ioa_thresh=crowd_ioa_thresh)
-        pos, neg = sample_balanced(m.label, batch_size=batch_size_per_image,
-                                   positive_fraction=positive_fraction, generator=t.generator())
+        m, pos, neg = sampler(boxes, t.boxes, t.crowd_boxes, t.generator())
         keep = torch.cat((pos, neg))
         classes = torch.zeros(keep.numel(), dtype=torch.int64, device=boxes.device)
         box_targets = boxes.new_zeros((keep.numel(), 4))
@@ -154,3 +146,66 @@ def box_head_loss(
     deltas = box_deltas.view(box_deltas.shape[0], -1, 4)[pos, classes[pos] - 1]
     box = box_regression_loss(deltas, targets[pos], smooth_l1_beta)
     return {"loss_classifier": loss_classifier, "loss_box": box / normaliser}
+
+
+class BoxBranch(nn.Module):
+    """RoI pooling, the box head, its training samples and loss, and detection post-processing.
+
+    The pooled features reach ``loss`` and ``predict`` from the detector, which
+    runs this branch's ``pooler`` (and, in C4, res5 on top).
+    """
+
+    def __init__(
+        self,
+        *,
+        pooler: MultiLevelRoIPooler,
+        head: BoxHead,
+        box_coder: BoxCoder,
+        sampler: BalancedSampler,
+        smooth_l1_beta: float,
+        score_thresh: float,
+        nms_thresh: float,
+        detections_per_image: int,
+        min_box_size: float | None,
+    ) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.head = head
+        self.box_coder = box_coder
+        self.sampler = sampler
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
+        self.min_box_size = min_box_size
+
+    def sample(self, proposals: list[Proposals], targets: list[Targets]) -> list[RoISamples]:
+        """Training RoIs of every image: proposals plus ground truth, matched and sampled."""
+        boxes = [p.boxes for p in proposals]
+        return sample_rois(boxes, targets, sampler=self.sampler, box_coder=self.box_coder)
+
+    def loss(self, features: Tensor, samples: list[RoISamples]) -> dict[str, Tensor]:
+        """``loss_classifier`` and ``loss_box`` from the pooled features ``(S, C, P, P)`` of ``samples``."""
+        class_logits, box_deltas = self.head(features)
+        return box_head_loss(class_logits, box_deltas, samples, smooth_l1_beta=self.smooth_l1_beta)
+
+    def predict(
+        self,
+        features: Tensor,
+        proposals: list[Proposals],
+        image_sizes: list[tuple[int, int]],
+        *,
+        score_threshold: float | None = None,
+    ) -> list[Detections]:
+        """Detections of every image (network-input pixels) from the pooled features of ``proposals``.
+
+        ``score_threshold`` replaces the branch's own ``score_thresh`` for this call.
+        """
+        class_logits, box_deltas = self.head(features)
+        return detect_boxes(
+            class_logits, box_deltas, [p.boxes for p in proposals], image_sizes,
+            box_coder=self.box_coder,
+            score_thresh=self.score_thresh if score_threshold is None else score_threshold,
+            nms_thresh=self.nms_thresh, detections_per_image=self.detections_per_image,
+            min_box_size=self.min_box_size,
+        )

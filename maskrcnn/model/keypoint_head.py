@@ -26,7 +26,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..dist import global_normaliser
+from ..ops.chunks import size_chunks
 from ..structures import RoISamples, Targets
+from .poolers import MultiLevelRoIPooler
 
 # The free parameter of Keys' cubic convolution kernel used by PyTorch's (and
 # OpenCV's) bicubic interpolation; the heatmap resize must use the same kernel
@@ -137,27 +139,11 @@ def keypoint_heatmaps_to_xy(
     boxes = boxes.to(torch.float32)
     sides = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)  # (D, 2): w, h
     cells = sides.ceil()
-    for group in _groups(cells.long().tolist(), p, max_elements):
-        index = torch.tensor(group, device=heatmaps.device)
+    # A group's resized maps are (G, P, Hmax, Wmax): a detection's extents are (P, w, h) cells.
+    extents = torch.cat((cells.long().new_full((d, 1), p), cells.long()), dim=1)
+    for index in size_chunks(extents, max_elements, stable=True):
         out[index] = _decode(heatmaps[index].to(torch.float32), boxes[index], sides[index], cells[index])
     return out
-
-
-def _groups(cells: list[list[int]], per_box: int, max_elements: int) -> list[list[int]]:
-    """Detections grouped by size so that each group's padded maps stay under ``max_elements``."""
-    order = sorted(range(len(cells)), key=lambda i: cells[i][0] * cells[i][1])
-    groups: list[list[int]] = []
-    current: list[int] = []
-    width = height = 0
-    for i in order:
-        w, h = max(width, cells[i][0]), max(height, cells[i][1])
-        if current and (len(current) + 1) * per_box * w * h > max_elements:
-            groups.append(current)
-            current, w, h = [], cells[i][0], cells[i][1]
-        current.append(i)
-        width, height = w, h
-    groups.append(current)
-    return groups
 
 
 def _decode(heatmaps: Tensor, boxes: Tensor, sides: Tensor, cells: Tensor) -> Tensor:
@@ -253,3 +239,33 @@ def keypoint_loss(heatmaps: Tensor, index: Tensor, valid: Tensor) -> Tensor:
         return heatmaps.sum() * 0.0
     logits = heatmaps.flatten(2)[valid]  # (V, S * S)
     return F.cross_entropy(logits, index[valid], reduction="sum") / normaliser
+
+
+# ---------------------------------------------------------------------------
+# The branch.
+
+
+class KeypointBranch(nn.Module):
+    """RoI pooling, the keypoint head, its training targets and loss, and decoding into keypoints.
+
+    Like the mask branch it sees the positive RoIs in training (torchvision: all
+    classes' positives; instances without labelled keypoints add nothing to the
+    loss) and the detections at inference. The detector pools with this
+    branch's ``pooler``.
+    """
+
+    def __init__(self, *, pooler: MultiLevelRoIPooler, head: KeypointHead) -> None:
+        super().__init__()
+        self.pooler = pooler
+        self.head = head
+
+    def loss(self, features: Tensor, samples: list[RoISamples], targets: list[Targets]) -> dict[str, Tensor]:
+        """``loss_keypoint`` from the pooled features of the positive RoIs of ``samples``."""
+        heatmaps = self.head(features)
+        index, valid = keypoint_targets(samples, targets, size=heatmaps.shape[-1],
+                                        num_keypoints=heatmaps.shape[1])
+        return {"loss_keypoint": keypoint_loss(heatmaps, index, valid)}
+
+    def predict(self, features: Tensor, boxes: Tensor) -> Tensor:
+        """Keypoints ``(D, P, 3)``, ``(x, y, score)``, of the detections ``boxes (D, 4)``, in their pixels."""
+        return keypoint_heatmaps_to_xy(self.head(features), boxes)

@@ -13,6 +13,7 @@ image -> ``(sum R_i, C, P, P)``.
 
 from __future__ import annotations
 
+import math
 from typing import get_args
 
 import torch
@@ -21,7 +22,6 @@ from torch import Tensor, nn
 from ..config import PoolerKind
 from ..ops.roi_align import roi_align
 from ..ops.roi_pool import roi_pool, roi_warp
-from .anchors import level_of_boxes, level_range
 
 
 class MultiLevelRoIPooler(nn.Module):
@@ -85,3 +85,22 @@ class MultiLevelRoIPooler(nn.Module):
                 return roi_warp(feature, rois, self.resolution, scale, self.sampling_ratio)
             case _:
                 raise ValueError(f"unknown pooler kind {self.kind!r}: expected one of {get_args(PoolerKind)}")
+
+
+def level_of_boxes(
+    boxes: Tensor, *, min_level: int, max_level: int, canonical_size: float, canonical_level: int,
+    eps: float,
+) -> Tensor:
+    """FPN level index (0-based from ``min_level``) of each box, Eq. 1 of the FPN paper.
+
+    ``k = floor(k0 + log2(sqrt(wh) / 224))``, clamped to the available levels:
+    a 224-pixel box maps to level 4, a box half that size one level lower.
+    """
+    size = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    level = torch.floor(canonical_level + torch.log2(size / canonical_size) + eps)
+    return level.clamp(min=min_level, max=max_level).long() - min_level
+
+
+def level_range(strides: tuple[int, ...]) -> tuple[int, int]:
+    """``(min_level, max_level)`` for feature maps of these strides (stride 4 is level 2)."""
+    return int(math.log2(strides[0])), int(math.log2(strides[-1]))

@@ -11,6 +11,10 @@ foreground, < 0.3 background, and each object's best anchors), 256 anchors
 per image are sampled with at most half foreground, and the objectness (binary
 cross-entropy) and box (smooth L1) losses are averaged over the samples.
 
+``RPN`` owns its numbers: anchors, coder, sampler, NMS and the top-k of
+training and of inference. ``RPN.loss`` gives training's proposals and the
+two losses, ``RPN.predict`` inference's proposals.
+
 Shapes: per level ``objectness (N, A, H, W)``, ``deltas (N, 4A, H, W)``;
 flattened ``(N, sum_l H_l W_l A)`` and ``(N, sum_l H_l W_l A, 4)`` in the
 anchors' order (location-major, then anchor).
@@ -18,15 +22,17 @@ anchors' order (location-major, then anchor).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..dist import global_normaliser
-from ..ops.boxes import BoxCoder, clip_boxes, large_enough
-from ..ops.matching import match, sample_balanced
+from ..ops.boxes import BoxCoder, box_regression_loss, clip_boxes, large_enough
+from ..ops.matching import BalancedSampler
 from ..ops.nms import batched_nms
-from ..structures import Proposals
+from ..structures import ImageBatch, Proposals, Targets
 from .anchors import AnchorGenerator
 
 
@@ -56,8 +62,29 @@ class RPNHead(nn.Module):
         return torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
 
 
+@dataclass(frozen=True)
+class TopK:
+    """How many proposals survive: the best ``pre_nms`` of each level, the best ``post_nms`` after NMS."""
+
+    pre_nms: int  # per level and image
+    post_nms: int  # per image, over all levels
+
+
+@dataclass
+class RPNOutput:
+    """The head's outputs over all levels, with the anchors they refer to.
+
+    ``logits (N, T)``, ``deltas (N, T, 4)``, ``anchors`` per level ``(T_l, 4)``
+    with ``sum_l T_l = T``, in the head's order.
+    """
+
+    logits: Tensor
+    deltas: Tensor
+    anchors: list[Tensor]
+
+
 class RPN(nn.Module):
-    """Head, anchors and proposal selection."""
+    """Head, anchors, training targets and proposal selection."""
 
     def __init__(
         self,
@@ -65,86 +92,87 @@ class RPN(nn.Module):
         head: RPNHead,
         anchor_generator: AnchorGenerator,
         box_coder: BoxCoder,
+        sampler: BalancedSampler,
+        smooth_l1_beta: float,
         nms_thresh: float,
         min_box_size: float,
         min_box_size_strict: bool,
+        train_topk: TopK,
+        test_topk: TopK,
     ) -> None:
         super().__init__()
         self.head = head
         self.anchor_generator = anchor_generator
         self.box_coder = box_coder
+        self.sampler = sampler
+        self.smooth_l1_beta = smooth_l1_beta
         self.nms_thresh = nms_thresh
         self.min_box_size = min_box_size
         self.min_box_size_strict = min_box_size_strict
+        self.train_topk = train_topk
+        self.test_topk = test_topk
 
-    def forward(
-        self, features: list[Tensor], padded_size: tuple[int, int]
-    ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """-> objectness logits ``(N, T)``, deltas ``(N, T, 4)``, anchors per level.
-
-        ``padded_size`` is the ``(H, W)`` of the padded image batch.
-        """
+    def forward(self, features: list[Tensor], padded_size: tuple[int, int]) -> RPNOutput:
+        """The head on every level, and the anchors of a padded batch of ``padded_size`` ``(H, W)``."""
         logits, deltas = self.head(features)
         shapes = [(f.shape[-2], f.shape[-1]) for f in features]
-        anchors = self.anchor_generator(shapes, padded_size, features[0].device)
-        return logits, deltas, anchors
+        return RPNOutput(logits, deltas, self.anchor_generator(shapes, padded_size, features[0].device))
 
-    def propose(
-        self,
-        logits: Tensor,
-        deltas: Tensor,
-        anchors: list[Tensor],
-        image_sizes: list[tuple[int, int]],
-        *,
-        pre_nms_topk: int,
-        post_nms_topk: int,
-    ) -> list[Proposals]:
-        """Select proposals from the head's outputs (no gradient flows through them)."""
-        logits = logits.detach()
-        deltas = deltas.detach()
-        n = logits.shape[0]
+    def loss(
+        self, features: list[Tensor], batch: ImageBatch, targets: list[Targets]
+    ) -> tuple[list[Proposals], dict[str, Tensor]]:
+        """Training: the box head's proposals (training's top-k), and the two RPN losses."""
+        out = self(features, batch.padded_size)
+        losses = rpn_loss(out, targets, sampler=self.sampler, box_coder=self.box_coder,
+                          smooth_l1_beta=self.smooth_l1_beta)
+        return self.propose(out, batch.image_sizes, self.train_topk), losses
+
+    def predict(self, features: list[Tensor], batch: ImageBatch) -> list[Proposals]:
+        """Inference: proposals of every image (inference's top-k)."""
+        return self.propose(self(features, batch.padded_size), batch.image_sizes, self.test_topk)
+
+    def propose(self, out: RPNOutput, image_sizes: list[tuple[int, int]], topk: TopK) -> list[Proposals]:
+        """Select proposals from the head's outputs (no gradient flows through them).
+
+        Per image: the ``topk.pre_nms`` best anchors of each level by objectness,
+        decoded, clipped to the image, small and non-finite boxes dropped, NMS
+        within each level, then the ``topk.post_nms`` best over all levels.
+        """
+        logits = out.logits.detach()
+        deltas = out.deltas.detach()
         # Top-k per level, for all images at once.
         picked, levels, start = [], [], 0
-        for level, a in enumerate(anchors):
+        for level, a in enumerate(out.anchors):
             count = a.shape[0]
-            k = min(pre_nms_topk, count)
-            top = logits[:, start : start + count].topk(k, dim=1).indices + start
-            picked.append(top)
+            k = min(topk.pre_nms, count)
+            picked.append(logits[:, start : start + count].topk(k, dim=1).indices + start)
             levels.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
             start += count
         index = torch.cat(picked, dim=1)  # (N, sum_l k_l)
         level = torch.cat(levels)
-        all_anchors = torch.cat(anchors)
+        all_anchors = torch.cat(out.anchors)
         scores = logits.gather(1, index)
         result = []
-        for i in range(n):
+        for i, size in enumerate(image_sizes):
             boxes = self.box_coder.decode(deltas[i, index[i]], all_anchors[index[i]])
             s, lvl = scores[i], level
             finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(s)
             boxes, s, lvl = boxes[finite], s[finite], lvl[finite]
-            boxes = clip_boxes(boxes, image_sizes[i])
+            boxes = clip_boxes(boxes, size)
             keep = large_enough(boxes, self.min_box_size, self.min_box_size_strict)
             boxes, s, lvl = boxes[keep], s[keep], lvl[keep]
-            keep = batched_nms(boxes, s, lvl, self.nms_thresh)[:post_nms_topk]
+            keep = batched_nms(boxes, s, lvl, self.nms_thresh)[: topk.post_nms]
             result.append(Proposals(boxes[keep], torch.sigmoid(s[keep])))
         return result
 
 
 def rpn_loss(
-    logits: Tensor,
-    deltas: Tensor,
-    anchors: list[Tensor],
-    gt_boxes: list[Tensor],
-    crowd_boxes: list[Tensor],
-    generators: list[torch.Generator | None],
+    out: RPNOutput,
+    targets: list[Targets],
     *,
+    sampler: BalancedSampler,
     box_coder: BoxCoder,
-    fg_iou_thresh: float,
-    bg_iou_thresh: float,
-    batch_size_per_image: int,
-    positive_fraction: float,
     smooth_l1_beta: float,
-    crowd_ioa_thresh: float,
 ) -> dict[str, Tensor]:
     """Objectness and box losses over the sampled anchors of every image.
 
@@ -152,37 +180,26 @@ def rpn_loss(
     negatives), so that the box loss weighs each positive anchor the same
     whatever the mix, as in Faster R-CNN's Eq. 1 with lambda balancing.
     """
-    all_anchors = torch.cat(anchors)
-    labels, targets, sampled_pos, sampled_neg = [], [], [], []
+    all_anchors = torch.cat(out.anchors)
+    box_targets, sampled_pos, sampled_neg = [], [], []
     offset = 0
-    for boxes, crowd, generator in zip(gt_boxes, crowd_boxes, generators, strict=True):
-        m = match(all_anchors, boxes, fg_thresh=fg_iou_thresh, bg_thresh=bg_iou_thresh,
-                  allow_low_quality=True, crowd_boxes=crowd, crowd_ioa_thresh=crowd_ioa_thresh)
-        pos, neg = sample_balanced(m.label, batch_size=batch_size_per_image,
-                                   positive_fraction=positive_fraction, generator=generator)
-        if boxes.shape[0] > 0:
-            targets.append(box_coder.encode(all_anchors[pos], boxes[m.index[pos]]))
+    for t in targets:
+        m, pos, neg = sampler(all_anchors, t.boxes, t.crowd_boxes, t.generator(salt=1))
+        if len(t) > 0:
+            box_targets.append(box_coder.encode(all_anchors[pos], t.boxes[m.index[pos]]))
         else:
-            targets.append(all_anchors.new_zeros((0, 4)))
+            box_targets.append(all_anchors.new_zeros((0, 4)))
         sampled_pos.append(pos + offset)
         sampled_neg.append(neg + offset)
         offset += all_anchors.shape[0]
-        labels.append(m.label)
     pos = torch.cat(sampled_pos)
     neg = torch.cat(sampled_neg)
     sampled = torch.cat((pos, neg))
-    flat_logits = logits.reshape(-1)
+    flat_logits = out.logits.reshape(-1)
     objectness_target = torch.cat((torch.ones_like(pos), torch.zeros_like(neg))).to(flat_logits.dtype)
     normaliser = global_normaliser(sampled.numel(), flat_logits.device)
     loss_objectness = F.binary_cross_entropy_with_logits(
         flat_logits[sampled], objectness_target, reduction="sum"
     ) / normaliser
-    box = box_regression_loss(deltas.reshape(-1, 4)[pos], torch.cat(targets), smooth_l1_beta)
+    box = box_regression_loss(out.deltas.reshape(-1, 4)[pos], torch.cat(box_targets), smooth_l1_beta)
     return {"loss_rpn_objectness": loss_objectness, "loss_rpn_box": box / normaliser}
-
-
-def box_regression_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
-    """Summed smooth L1 (``beta > 0``) or L1 (``beta == 0``) over all coordinates; 0 when empty."""
-    if beta > 0:
-        return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
-    return F.l1_loss(pred, target, reduction="sum")

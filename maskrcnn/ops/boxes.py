@@ -19,6 +19,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 # Largest log-scale change decode accepts: a box can grow at most 1000/16 =
 # 62.5 times (the value both peers use), which keeps exp() finite.
@@ -121,3 +122,10 @@ class BoxCoder:
         # (R, k, 4) -> (R, 4k), class-major as the deltas came in.
         boxes = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)
         return boxes.reshape(deltas.shape)
+
+
+def box_regression_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    """Smooth L1 (``beta > 0``) or L1 (``beta == 0``), summed over every coordinate; 0 when empty."""
+    if beta > 0:
+        return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
+    return F.l1_loss(pred, target, reduction="sum")

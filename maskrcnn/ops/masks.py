@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..config import PasteRule
+from .chunks import size_chunks
 
 # Elements of pasted windows computed at once (D * h * w); a few MB, which the
 # allocator reuses (see roi_align.py on page faults).
@@ -134,19 +135,10 @@ def paste_masks(
         y0, y1, x0, x1 = _sampling_windows(boxes, size)
     x1 = torch.maximum(x1, x0)
     y1 = torch.maximum(y1, y0)
-    extent = ((y1 - y0) * (x1 - x0)).clamp(min=1)
-    order = torch.argsort(extent)
-    # Chunks of detections whose padded windows fit the element budget.
-    sizes = extent[order].tolist()
-    start = 0
-    while start < d:
-        stop = start + 1
-        while stop < d and sizes[stop] * (stop + 1 - start) <= _CHUNK_ELEMENTS:
-            stop += 1
-        idx = order[start:stop]
+    # Chunks of detections of similar window area, each window counted at the chunk's largest area.
+    for idx in size_chunks((y1 - y0) * (x1 - x0), _CHUNK_ELEMENTS):
         span_y = int((y1[idx] - y0[idx]).max())
         span_x = int((x1[idx] - x0[idx]).max())
-        start = stop
         if span_y == 0 or span_x == 0:
             continue
         rows = y0[idx, None] + torch.arange(span_y, device=masks.device)

@@ -9,7 +9,8 @@ rule; the box head does not use it). Background candidates lying mostly
 inside an ``iscrowd`` region are ignored rather than taught as background.
 
 ``sample_balanced`` draws at most ``batch_size`` labelled candidates with at
-most ``positive_fraction`` of them foreground.
+most ``positive_fraction`` of them foreground. ``BalancedSampler`` holds one
+stage's numbers (the RPN's, or the box head's) and does both.
 """
 
 from __future__ import annotations
@@ -85,3 +86,34 @@ def sample_balanced(
     pick_pos = torch.randperm(positive.numel(), generator=generator, device="cpu")[:num_pos]
     pick_neg = torch.randperm(negative.numel(), generator=generator, device="cpu")[:num_neg]
     return positive[pick_pos.to(label.device)], negative[pick_neg.to(label.device)]
+
+
+@dataclass(frozen=True)
+class BalancedSampler:
+    """One stage's training-target rule: ``match`` candidates, then ``sample_balanced`` them.
+
+    The RPN and the box head each hold one, with their own numbers
+    (``SamplerConfig`` in the config).
+    """
+
+    fg_iou_thresh: float
+    bg_iou_thresh: float
+    batch_size_per_image: int
+    positive_fraction: float
+    allow_low_quality_matches: bool = False
+    crowd_ioa_thresh: float = 0.7
+
+    def __call__(
+        self,
+        candidates: Tensor,
+        gt_boxes: Tensor,
+        crowd_boxes: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Match, Tensor, Tensor]:
+        """-> the match of every candidate, and the sampled foreground and background indices."""
+        m = match(candidates, gt_boxes, fg_thresh=self.fg_iou_thresh, bg_thresh=self.bg_iou_thresh,
+                  allow_low_quality=self.allow_low_quality_matches, crowd_boxes=crowd_boxes,
+                  crowd_ioa_thresh=self.crowd_ioa_thresh)
+        pos, neg = sample_balanced(m.label, batch_size=self.batch_size_per_image,
+                                   positive_fraction=self.positive_fraction, generator=generator)
+        return m, pos, neg

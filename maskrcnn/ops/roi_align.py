@@ -33,6 +33,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .chunks import size_chunks
+
 # Elements gathered per chunk (R * h * w * C). Small chunks are much faster on
 # the CPU, not only lighter: a buffer of a few MB is reused by the allocator,
 # while a fresh large one costs a page fault per 4 KB on first touch (a 1000-RoI
@@ -66,9 +68,10 @@ def _axis_weights(
     coord = torch.where(at_edge, low.to(coord.dtype), coord)
     high = torch.where(at_edge, low, low + 1)
     frac = coord - low.to(coord.dtype)
-    # Each sample's weight is divided by its bin's sample count on this axis,
-    # so that the product of the two axes averages over g_h * g_w samples.
-    scale = (used & inside).to(coord.dtype) / g
+    # The weights sum the samples; the caller divides by the bin's sample count
+    # g_h * g_w once at the end, as the peers' kernels do (dividing each axis by
+    # its g here would round 1/g, and an exact 0.5 could come out 0.49999997).
+    scale = (used & inside).to(coord.dtype)
     w_low = (1.0 - frac) * scale
     w_high = frac * scale
 
@@ -115,7 +118,9 @@ def _align_chunk(
     # Rows: (R, P, sy) @ (R, sy, sx*C) -> (R, P, sx, C)
     t = torch.bmm(wy.to(flat.dtype), window).view(r, output_size, sx, c)
     # Columns: (R, 1, P, sx) @ (R, P, sx, C) -> (R, P, P, C)
-    return torch.matmul(wx.to(flat.dtype)[:, None], t)
+    total = torch.matmul(wx.to(flat.dtype)[:, None], t)
+    count = (gy.clamp(min=1) * gx.clamp(min=1)).to(flat.dtype)  # samples per bin
+    return total / count[:, None, None, None]
 
 
 def roi_align(
@@ -134,28 +139,16 @@ def roi_align(
     rois = rois.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
     # Channel-last rows so that a window gather reads C contiguous values.
     flat = features.permute(0, 2, 3, 1).reshape(n * h * w, c)
-    # Chunk RoIs of similar size together so that padding windows wastes little.
+    # Chunk RoIs of similar size together so that padding windows wastes little:
+    # windows within a factor of two of each other (octaves) share a chunk, so
+    # padding them to the largest at most doubles the work.
     extent = ((rois[:, 3] - rois[:, 1]) * spatial_scale + 3) * ((rois[:, 4] - rois[:, 2]) * spatial_scale + 3)
-    order = torch.argsort(extent)
+    chunks = size_chunks(extent * c, _CHUNK_ELEMENTS, octaves=True)
     pieces = [
         _align_chunk(flat, (n, h, w), rois[idx], output_size, spatial_scale, sampling_ratio, aligned)
-        for idx in _chunks(order, extent[order] * c)
+        for idx in chunks
     ]
     # (R, P, P, C) in size order -> input order, viewed as (R, C, P, P): the
     # channels-last layout that convolutions on the CPU prefer anyway.
-    out = torch.cat(pieces)[torch.argsort(order)]
+    out = torch.cat(pieces)[torch.argsort(torch.cat(chunks))]
     return out.permute(0, 3, 1, 2)
-
-
-def _chunks(order: Tensor, sorted_elements: Tensor) -> list[Tensor]:
-    """Split RoIs, sorted by window size, into chunks that fit the element budget.
-
-    Windows within a factor of two of each other share a chunk, so padding
-    them to the largest at most doubles the work.
-    """
-    group = torch.log2(sorted_elements.clamp(min=1)).ceil().long()
-    chunks = []
-    for g in torch.unique_consecutive(group).tolist():
-        members = order[group == g]
-        chunks += list(members.split(max(1, _CHUNK_ELEMENTS >> g)))
-    return chunks

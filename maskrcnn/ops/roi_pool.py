@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .chunks import size_chunks
 from .roi_align import roi_align
 
 # Elements of the masked (R, P, h, w, C) max computed at once.
@@ -77,19 +78,11 @@ def roi_pool(features: Tensor, rois: Tensor, output_size: int, spatial_scale: fl
     if r == 0:
         return features.new_zeros((0, c, output_size, output_size))
     rois = rois.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
-    side = ((rois[:, 3:5] - rois[:, 1:3]) * spatial_scale + 2).clamp(min=1)
-    extent = side.prod(dim=1) * output_size * c
-    order = torch.argsort(extent)
-    pieces = []
-    start = 0
-    per_roi = extent[order].tolist()
-    while start < r:
-        # Sorted by size, so the last RoI of a chunk has the largest window.
-        count = max(1, int(_CHUNK_ELEMENTS // max(per_roi[min(start + 64, r) - 1], 1)))
-        idx = order[start : start + min(count, 64)]
-        pieces.append(_pool_chunk(features, rois[idx], output_size, spatial_scale))
-        start += idx.numel()
-    return torch.cat(pieces)[torch.argsort(order)]
+    # Window (w, h) of each RoI; a chunk's masked max is (R, P, h, w, C) at its largest window.
+    side = (rois[:, 3:5] - rois[:, 1:3]) * spatial_scale + 2
+    chunks = size_chunks(side, _CHUNK_ELEMENTS // (output_size * c))
+    pieces = [_pool_chunk(features, rois[idx], output_size, spatial_scale) for idx in chunks]
+    return torch.cat(pieces)[torch.argsort(torch.cat(chunks))]
 
 
 def roi_warp(

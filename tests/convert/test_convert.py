@@ -137,12 +137,12 @@ def test_expected_shapes_r50_by_hand() -> None:
     assert s["backbone.fpn.output.0.weight"] == (256, 256, 3, 3)
     assert s["rpn.head.objectness.weight"] == (3, 256, 1, 1)
     assert s["rpn.head.deltas.bias"] == (12,)
-    assert s["box_head.fc1.weight"] == (1024, 256 * 7 * 7)
-    assert s["box_head.cls_score.weight"] == (91, 1024)
-    assert s["box_head.bbox_pred.weight"] == (360, 1024)
-    assert s["mask_head.convs.3.weight"] == (256, 256, 3, 3)
-    assert s["mask_head.deconv.weight"] == (256, 256, 2, 2)
-    assert s["mask_head.predictor.weight"] == (90, 256, 1, 1)
+    assert s["box.head.fc1.weight"] == (1024, 256 * 7 * 7)
+    assert s["box.head.cls_score.weight"] == (91, 1024)
+    assert s["box.head.bbox_pred.weight"] == (360, 1024)
+    assert s["mask.head.convs.3.weight"] == (256, 256, 3, 3)
+    assert s["mask.head.deconv.weight"] == (256, 256, 2, 2)
+    assert s["mask.head.predictor.weight"] == (90, 256, 1, 1)
     assert not any(k.endswith("num_batches_tracked") for k in s)
 
 
@@ -154,7 +154,7 @@ def test_expected_shapes_resnext101_without_masks() -> None:
     assert s["backbone.body.layer1.0.conv3.weight"] == (256, 256, 1, 1)
     assert s["backbone.body.layer4.0.conv2.weight"] == (2048, 64, 3, 3)
     assert "backbone.body.layer3.22.conv1.weight" in s and "backbone.body.layer3.23.conv1.weight" not in s
-    assert not any(k.startswith("mask_head.") for k in s)
+    assert not any(k.startswith("mask.head.") for k in s)
 
 
 def test_expected_key_count_matches_both_peers() -> None:
@@ -221,25 +221,25 @@ def test_torchvision_tensors_land_in_the_right_slots(
         "rpn.head.conv.weight": "rpn.head.conv.0.0.weight",
         "rpn.head.objectness.weight": "rpn.head.cls_logits.weight",
         "rpn.head.deltas.bias": "rpn.head.bbox_pred.bias",
-        "box_head.fc1.weight": "roi_heads.box_head.fc6.weight",
-        "box_head.fc2.bias": "roi_heads.box_head.fc7.bias",
-        "box_head.cls_score.weight": "roi_heads.box_predictor.cls_score.weight",
-        "mask_head.convs.2.weight": "roi_heads.mask_head.2.0.weight",
-        "mask_head.deconv.weight": "roi_heads.mask_predictor.conv5_mask.weight",
+        "box.head.fc1.weight": "roi_heads.box_head.fc6.weight",
+        "box.head.fc2.bias": "roi_heads.box_head.fc7.bias",
+        "box.head.cls_score.weight": "roi_heads.box_predictor.cls_score.weight",
+        "mask.head.convs.2.weight": "roi_heads.mask_head.2.0.weight",
+        "mask.head.deconv.weight": "roi_heads.mask_predictor.conv5_mask.weight",
     }
     for our_name, tv_name in same.items():
         assert torch.equal(ours[our_name], tv_state[tv_name]), our_name
     # Background's regression rows (0..3) and mask logit (0) are dropped; class k keeps rows 4k..4k+3.
     tv_deltas = tv_state["roi_heads.box_predictor.bbox_pred.weight"]
-    assert torch.equal(ours["box_head.bbox_pred.weight"][0], tv_deltas[4])
-    assert torch.equal(ours["box_head.bbox_pred.weight"], tv_deltas[4:])
+    assert torch.equal(ours["box.head.bbox_pred.weight"][0], tv_deltas[4])
+    assert torch.equal(ours["box.head.bbox_pred.weight"], tv_deltas[4:])
     tv_deltas_bias = tv_state["roi_heads.box_predictor.bbox_pred.bias"]
-    assert torch.equal(ours["box_head.bbox_pred.bias"], tv_deltas_bias[4:])
+    assert torch.equal(ours["box.head.bbox_pred.bias"], tv_deltas_bias[4:])
     tv_logits = tv_state["roi_heads.mask_predictor.mask_fcn_logits.weight"]
-    assert torch.equal(ours["mask_head.predictor.weight"][0], tv_logits[1])
-    assert torch.equal(ours["mask_head.predictor.weight"], tv_logits[1:])
+    assert torch.equal(ours["mask.head.predictor.weight"][0], tv_logits[1])
+    assert torch.equal(ours["mask.head.predictor.weight"], tv_logits[1:])
     tv_logit_bias = tv_state["roi_heads.mask_predictor.mask_fcn_logits.bias"]
-    assert torch.equal(ours["mask_head.predictor.bias"], tv_logit_bias[1:])
+    assert torch.equal(ours["mask.head.predictor.bias"], tv_logit_bias[1:])
 
 
 def _old_layout(name: str) -> str:
@@ -289,7 +289,7 @@ def test_torchvision_custom_classes_and_no_masks(tv_state: dict[str, Tensor], tm
     assert cfg.class_names == ("class_1", "class_2", "class_3") and cfg.category_ids == (1, 2, 3)
     _assert_fits(cfg, ours)
     theirs = state["roi_heads.box_predictor.bbox_pred.weight"]
-    assert torch.equal(ours["box_head.bbox_pred.weight"], theirs[4:])
+    assert torch.equal(ours["box.head.bbox_pred.weight"], theirs[4:])
 
 
 def test_torchvision_keypoint_checkpoint_converts_and_loads_strictly(tmp_path: Path) -> None:
@@ -304,13 +304,13 @@ def test_torchvision_keypoint_checkpoint_converts_and_loads_strictly(tmp_path: P
     # The Sequential's convs at places 0, 2, ..., 14 (ReLUs between them) are our convs 0..7.
     for i in range(8):
         theirs_conv = theirs[f"roi_heads.keypoint_head.{2 * i}.weight"]
-        assert torch.equal(ours[f"keypoint_head.convs.{i}.weight"], theirs_conv)
-    assert torch.equal(ours["keypoint_head.predictor.weight"],
+        assert torch.equal(ours[f"keypoint.head.convs.{i}.weight"], theirs_conv)
+    assert torch.equal(ours["keypoint.head.predictor.weight"],
                        theirs["roi_heads.keypoint_predictor.kps_score_lowres.weight"])
-    assert torch.equal(ours["box_head.cls_score.weight"], theirs["roi_heads.box_predictor.cls_score.weight"])
+    assert torch.equal(ours["box.head.cls_score.weight"], theirs["roi_heads.box_predictor.cls_score.weight"])
     # (8, 1024) -> (4, 1024): the background's 4 rows dropped.
     bbox_pred = theirs["roi_heads.box_predictor.bbox_pred.weight"]
-    assert torch.equal(ours["box_head.bbox_pred.weight"], bbox_pred[4:])
+    assert torch.equal(ours["box.head.bbox_pred.weight"], bbox_pred[4:])
     with torch.device("meta"):
         model = build_model(cfg)
     model.load_state_dict(ours, strict=True, assign=True)
@@ -320,7 +320,7 @@ def test_keypoint_count_is_read_off_the_predictor() -> None:
     five = dataclasses.replace(KeypointHeadConfig(), num_keypoints=5, keypoint_names=(), flip_pairs=(),
                                skeleton=(), conv_dims=(64, 64))
     shapes = expected_state_shapes(torchvision_keypoint_r50_fpn().replace(keypoint_head=five))
-    assert shapes["keypoint_head.predictor.weight"] == (64, 5, 4, 4)
+    assert shapes["keypoint.head.predictor.weight"] == (64, 5, 4, 4)
     # On torchvision's keypoint base the head keeps torchvision's pixel convention (offset 0).
     assert infer_config(torchvision_keypoint_r50_fpn(), _fake(shapes)).keypoint_head == dataclasses.replace(
         five, pixel_offset=0.0
@@ -366,20 +366,20 @@ def test_detectron2_tensors_land_in_the_right_slots(
         "rpn.head.conv.weight": "proposal_generator.rpn_head.conv.weight",
         "rpn.head.objectness.bias": "proposal_generator.rpn_head.objectness_logits.bias",
         "rpn.head.deltas.weight": "proposal_generator.rpn_head.anchor_deltas.weight",
-        "box_head.fc1.weight": "roi_heads.box_head.fc1.weight",
-        "box_head.bbox_pred.weight": "roi_heads.box_predictor.bbox_pred.weight",
-        "box_head.bbox_pred.bias": "roi_heads.box_predictor.bbox_pred.bias",
-        "mask_head.convs.0.weight": "roi_heads.mask_head.mask_fcn1.weight",
-        "mask_head.convs.3.bias": "roi_heads.mask_head.mask_fcn4.bias",
-        "mask_head.deconv.weight": "roi_heads.mask_head.deconv.weight",
-        "mask_head.predictor.weight": "roi_heads.mask_head.predictor.weight",
+        "box.head.fc1.weight": "roi_heads.box_head.fc1.weight",
+        "box.head.bbox_pred.weight": "roi_heads.box_predictor.bbox_pred.weight",
+        "box.head.bbox_pred.bias": "roi_heads.box_predictor.bbox_pred.bias",
+        "mask.head.convs.0.weight": "roi_heads.mask_head.mask_fcn1.weight",
+        "mask.head.convs.3.bias": "roi_heads.mask_head.mask_fcn4.bias",
+        "mask.head.deconv.weight": "roi_heads.mask_head.deconv.weight",
+        "mask.head.predictor.weight": "roi_heads.mask_head.predictor.weight",
     }
     for our_name, d2_name in same.items():
         assert torch.equal(ours[our_name], d2(d2_name)), our_name
     # Background moves from the last row (80) to the first; classes follow in order.
     for p in ("weight", "bias"):
         theirs = d2(f"roi_heads.box_predictor.cls_score.{p}")
-        mine = ours[f"box_head.cls_score.{p}"]
+        mine = ours[f"box.head.cls_score.{p}"]
         assert torch.equal(mine[0], theirs[80])
         assert torch.equal(mine[1], theirs[0])
         assert torch.equal(mine[1:], theirs[:80])
@@ -453,7 +453,7 @@ def test_explicit_format_overrides_detection(tv_file: Path) -> None:
     assert "26 missing: backbone.fpn.lateral.0.weight" in msg
     assert "38 unexpected: backbone.fpn.inner_blocks.0.0.weight" in msg
     # Same predictor names in both: read as Detectron2's, torchvision's background rows are kept.
-    assert "box_head.bbox_pred.weight is (364, 1024), expected (360, 1024)" in msg
+    assert "box.head.bbox_pred.weight is (364, 1024), expected (360, 1024)" in msg
     with pytest.raises(CheckpointError, match="not a maskrcnn checkpoint"):
         load_checkpoint(tv_file, format="maskrcnn")
     with pytest.raises(ValueError, match="unknown checkpoint format"):
@@ -494,7 +494,7 @@ def test_wrong_architecture_lists_every_problem(tv_state: dict[str, Tensor], tmp
     msg = str(info.value)
     assert msg.startswith(f"{path}: the torchvision checkpoint's tensors do not fit")
     assert "ResNet-50 FPN, 90 classes" in msg
-    assert "1 missing: box_head.fc2.bias" in msg
+    assert "1 missing: box.head.fc2.bias" in msg
     assert "1 unexpected: roi_heads.box_head.fc8.weight" in msg
     wrong = "rpn.head.conv.weight is (256, 256, 1, 1), expected (256, 256, 3, 3)"
     assert f"1 with the wrong shape: {wrong}" in msg
@@ -534,7 +534,7 @@ def test_bare_state_dict_of_ours_gets_a_hint(
 ) -> None:
     _, state = tv_loaded
     path = tmp_path / "bare.pth"
-    torch.save({k: state[k] for k in ("box_head.cls_score.weight", "box_head.cls_score.bias")}, path)
+    torch.save({k: state[k] for k in ("box.head.cls_score.weight", "box.head.cls_score.bias")}, path)
     with pytest.raises(CheckpointError, match="bare maskrcnn state dict"):
         load_checkpoint(path)
 

@@ -108,14 +108,14 @@ def test_c4_and_dc5_numbers_are_detectron2s() -> None:
     s = expected_state_shapes(c4)
     assert s["rpn.head.conv.weight"] == (1024, 1024, 3, 3)
     assert s["roi_shared.0.conv1.weight"] == (512, 1024, 1, 1)
-    assert s["box_head.cls_score.weight"] == (81, 2048)
-    assert s["mask_head.deconv.weight"] == (2048, 256, 2, 2)
-    assert s["mask_head.predictor.weight"] == (80, 256, 1, 1)
+    assert s["box.head.cls_score.weight"] == (81, 2048)
+    assert s["mask.head.deconv.weight"] == (2048, 256, 2, 2)
+    assert s["mask.head.predictor.weight"] == (80, 256, 1, 1)
     s = expected_state_shapes(dc5)
     assert s["rpn.head.conv.weight"] == (2048, 2048, 3, 3)
     assert s["backbone.body.layer4.0.conv2.weight"] == (512, 512, 3, 3)
-    assert s["box_head.fc1.weight"] == (1024, 2048 * 7 * 7)
-    assert s["mask_head.convs.0.weight"] == (256, 2048, 3, 3)
+    assert s["box.head.fc1.weight"] == (1024, 2048 * 7 * 7)
+    assert s["mask.head.convs.0.weight"] == (256, 2048, 3, 3)
 
 
 def test_mixed_architectures_are_an_error() -> None:

@@ -16,7 +16,8 @@ from pycocotools import mask as mask_utils
 from maskrcnn.config import InputConfig
 from maskrcnn.data import coco
 from maskrcnn.data.augment import train_transform
-from maskrcnn.data.coco import CocoDataset, DatasetError, ImageSizeMismatchError, read_image_size
+from maskrcnn.data.coco import CocoDataset, DatasetError, ImageSizeMismatchError
+from maskrcnn.data.images import read_image_size
 from tests.peers import shared_dir
 
 EXIF_ORIENTATION = 0x0112

@@ -18,7 +18,8 @@ import torch.distributed as dist
 
 from maskrcnn.config import PRESETS
 from maskrcnn.data.coco import CocoDataset
-from maskrcnn.engine.train import Trainer, setup_distributed
+from maskrcnn.dist import setup_distributed
+from maskrcnn.engine.train import Trainer
 
 
 def main() -> None:
@@ -39,9 +40,13 @@ def main() -> None:
         class_names=dataset.class_names,
         category_ids=dataset.category_ids,
         input=dataclasses.replace(base.input, min_size=64, max_size=64, train_min_sizes=(64,), flip_prob=0.0),
-        rpn=dataclasses.replace(base.rpn, batch_size_per_image=32, pre_nms_topk_train=200,
-                                post_nms_topk_train=100),
-        box_head=dataclasses.replace(base.box_head, batch_size_per_image=32),
+        rpn=dataclasses.replace(
+            base.rpn, sampler=dataclasses.replace(base.rpn.sampler, batch_size_per_image=32),
+            pre_nms_topk_train=200, post_nms_topk_train=100,
+        ),
+        box_head=dataclasses.replace(
+            base.box_head, sampler=dataclasses.replace(base.box_head.sampler, batch_size_per_image=32)
+        ),
     )
     solver = dataclasses.replace(
         preset.solver, iterations=args.iterations, batch_size=args.batch_size, warmup_iters=0,

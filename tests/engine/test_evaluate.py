@@ -261,11 +261,13 @@ class _Oracle:
         self.queue = [image["id"] for image in gt.dataset["images"]]
 
     coco_keypoints = Predictor.coco_keypoints
+    predict_files = Predictor.predict_files  # batching and skipping as the real predictor does
 
     def category_ids(self, detections: Detections) -> list[int]:
         return [self.categories[label] for label in detections.labels.tolist()]
 
-    def predict_arrays(self, images: list[np.ndarray]) -> list[Detections]:
+    def predict_arrays(self, images: list[np.ndarray], *,
+                       score_threshold: float | None = None) -> list[Detections]:
         out = []
         for array in images:
             image_id = self.queue.pop(0)
@@ -514,11 +516,13 @@ class _KeypointOracle:
         self.queue = [image["id"] for image in gt.dataset["images"]]
 
     coco_keypoints = Predictor.coco_keypoints
+    predict_files = Predictor.predict_files  # batching and skipping as the real predictor does
 
     def category_ids(self, detections: Detections) -> list[int]:
         return [PERSON] * len(detections)
 
-    def predict_arrays(self, images: list[np.ndarray]) -> list[Detections]:
+    def predict_arrays(self, images: list[np.ndarray], *,
+                       score_threshold: float | None = None) -> list[Detections]:
         out = []
         for _ in images:
             ids = self.gt.getAnnIds(imgIds=[self.queue.pop(0)], catIds=[PERSON])

@@ -1,4 +1,4 @@
-"""The training loop: learning-rate schedule, config overrides, exact resume, non-finite losses,
+"""The training loop: learning-rate schedule, the run's configs, exact resume, non-finite losses,
 and the ``train`` command's errors, Ctrl-C and ``--resume``.
 
 Training runs use the demo preset on 16 synthetic 64 x 64 images with small
@@ -7,7 +7,6 @@ RPN and RoI batches, so an iteration takes a fraction of a second on one core.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -21,7 +20,9 @@ from maskrcnn.cli import main
 from maskrcnn.config import PRESETS, ModelConfig, SolverConfig
 from maskrcnn.data.coco import CocoDataset
 from maskrcnn.data.synthetic import generate
-from maskrcnn.engine.train import LAST_CHECKPOINT, Trainer, configure, lr_factor, replace_fields
+from maskrcnn.engine.configure import configure
+from maskrcnn.engine.schedule import lr_factor
+from maskrcnn.engine.train import LAST_CHECKPOINT, Trainer
 
 from ..helpers import error_line, tiny_demo_config, write_small_checkpoint
 
@@ -63,69 +64,7 @@ def test_lr_factor_warmup_and_decay_multiply():
     assert lr_factor(6, solver) == pytest.approx(0.0775, rel=1e-12)
 
 
-# ------------------------------------------------------------------ overrides
-
-
-def test_replace_fields_nested_keys_and_json_values():
-    cfg = PRESETS["demo-r18-fpn"].model
-    out = replace_fields(cfg, [
-        "rpn.nms_thresh=0.6",
-        "box_head.pooler.resolution=5",  # two levels deep
-        "anchors.sizes=[8, 16, 32, 64, 128]",  # JSON list -> tuple
-        "input.resize_rule=detectron2",  # not JSON: the raw string
-        "clip_to_original=true",
-        "box_head.min_box_size=null",
-        "num_classes=7",
-        "rpn.nms_thresh=0.65",  # later assignments win
-    ])
-    assert out.rpn.nms_thresh == 0.65
-    assert out.box_head.pooler.resolution == 5
-    assert out.anchors.sizes == (8, 16, 32, 64, 128)
-    assert out.input.resize_rule == "detectron2"
-    assert out.clip_to_original is True
-    assert out.box_head.min_box_size is None
-    assert out.num_classes == 7
-    # Everything else, and the original, unchanged.
-    assert out.box_head.fc_dim == cfg.box_head.fc_dim
-    assert out.mask_head == cfg.mask_head
-    assert cfg.rpn.nms_thresh == 0.7 and cfg.box_head.pooler.resolution == 7
-
-
-def test_replace_fields_on_the_solver():
-    solver = replace_fields(SolverConfig(), ["base_lr=0.005", "steps=[0.5, 0.75]", "amp=false"])
-    assert solver.base_lr == 0.005 and solver.steps == (0.5, 0.75) and solver.amp is False
-
-
-@pytest.mark.parametrize(
-    ("assignment", "message"),
-    [
-        ("rpn.nms=0.5", r"rpn\.nms: RPNConfig has no field 'nms'.*nms_thresh"),
-        ("colour=red", r"colour: ModelConfig has no field 'colour'"),
-        ("box_head.pooler.size=3", r"PoolerConfig has no field 'size'.*resolution"),
-    ],
-)
-def test_replace_fields_unknown_field_is_a_clear_error(assignment: str, message: str):
-    with pytest.raises(ValueError, match=message):
-        replace_fields(PRESETS["demo-r18-fpn"].model, [assignment])
-
-
-def test_replace_fields_without_equals_sign():
-    with pytest.raises(ValueError, match="key=value"):
-        replace_fields(SolverConfig(), ["base_lr"])
-
-
-def test_replace_fields_dotted_key_into_a_plain_value_is_a_clear_error():
-    with pytest.raises(ValueError, match="num_classes"):
-        replace_fields(PRESETS["demo-r18-fpn"].model, ["num_classes.x=1"])
-
-
-def test_replace_fields_checks_value_types():
-    with pytest.raises(ValueError, match="rpn.nms_thresh"):
-        replace_fields(PRESETS["demo-r18-fpn"].model, ["rpn.nms_thresh=abc"])
-    cfg = replace_fields(PRESETS["demo-r18-fpn"].model,
-                         ["rpn.nms_thresh=1", "input.train_min_sizes=[96,128]"])
-    assert cfg.rpn.nms_thresh == 1.0 and isinstance(cfg.rpn.nms_thresh, float)
-    assert cfg.input.train_min_sizes == (96, 128)
+# ------------------------------------------------------------------ the run's configs
 
 
 def test_configure_scales_the_schedule_with_the_batch_size():
@@ -135,9 +74,8 @@ def test_configure_scales_the_schedule_with_the_batch_size():
         category_ids: tuple[int, ...] = (3, 7)
 
     preset = PRESETS["demo-r18-fpn"]
-    args = argparse.Namespace(preset="demo-r18-fpn", batch_size=4, iterations=None, min_size=[64, 72],
-                              max_size=96, set=["solver.base_lr=0.01", "rpn.nms_thresh=0.6"])
-    cfg, solver = configure(args, Names())
+    cfg, solver = configure(Names(), preset="demo-r18-fpn", batch_size=4, min_sizes=[64, 72], max_size=96,
+                            overrides=["solver.base_lr=0.01", "rpn.nms_thresh=0.6"])
     assert (cfg.num_classes, cfg.class_names, cfg.category_ids) == (2, ("a", "b"), (3, 7))
     assert (cfg.input.min_size, cfg.input.train_min_sizes, cfg.input.max_size) == (64, (64, 72), 96)
     assert cfg.rpn.nms_thresh == 0.6
@@ -146,9 +84,7 @@ def test_configure_scales_the_schedule_with_the_batch_size():
     assert solver.iterations == round(preset.solver.iterations * ratio)
     assert solver.warmup_iters == round(preset.solver.warmup_iters * ratio)
 
-    args = argparse.Namespace(preset="demo-r18-fpn", batch_size=None, iterations=50, min_size=None,
-                              max_size=None, set=[])
-    _, solver = configure(args, Names())
+    _, solver = configure(Names(), preset="demo-r18-fpn", iterations=50)
     assert solver.iterations == 50 and solver.warmup_iters == 50  # warm-up capped by the run
 
 
@@ -283,13 +219,13 @@ def test_initial_weights_with_other_classes_keep_fresh_class_layers(dataset: Coc
     trainer = Trainer(model_cfg=_model_cfg(dataset), solver=_solver(), dataset=dataset,
                       out_dir=tmp_path / "run", init_weights=path, progress=False)
     assert set(trainer.skipped_weights) == {
-        "box_head.cls_score.weight", "box_head.cls_score.bias", "box_head.bbox_pred.weight",
-        "box_head.bbox_pred.bias", "mask_head.predictor.weight", "mask_head.predictor.bias",
+        "box.head.cls_score.weight", "box.head.cls_score.bias", "box.head.bbox_pred.weight",
+        "box.head.bbox_pred.bias", "mask.head.predictor.weight", "mask.head.predictor.bias",
     }
     loaded = trainer.model.state_dict()
     assert torch.equal(loaded["backbone.body.conv1.weight"], source["backbone.body.conv1.weight"])
-    assert torch.equal(loaded["box_head.fc1.weight"], source["box_head.fc1.weight"])
-    assert loaded["box_head.cls_score.weight"].shape[0] == len(dataset.class_names) + 1
+    assert torch.equal(loaded["box.head.fc1.weight"], source["box.head.fc1.weight"])
+    assert loaded["box.head.cls_score.weight"].shape[0] == len(dataset.class_names) + 1
 
 
 # ------------------------------------------------------------------ the train command: errors, Ctrl-C, resume
@@ -301,8 +237,9 @@ def _train_args(dataset: CocoDataset, out: Path, *extra: str) -> list[str]:
         "train", "--train-json", str(dataset.json_path), "--train-images", str(dataset.image_dir),
         "--out", str(out), "--preset", "demo-r18-fpn", "--iterations", "2", "--batch-size", "2",
         "--min-size", "64", "--max-size", "64",
-        "--set", "rpn.batch_size_per_image=32", "rpn.pre_nms_topk_train=200", "rpn.post_nms_topk_train=100",
-        "box_head.batch_size_per_image=32", "solver.num_workers=0", "solver.log_period=1",
+        "--set", "rpn.sampler.batch_size_per_image=32", "rpn.pre_nms_topk_train=200",
+        "rpn.post_nms_topk_train=100",
+        "box_head.sampler.batch_size_per_image=32", "solver.num_workers=0", "solver.log_period=1",
         "solver.checkpoint_period=0", *extra,
     ]
 

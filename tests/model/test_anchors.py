@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from maskrcnn.model.anchors import AnchorGenerator, level_of_boxes, level_range
+from maskrcnn.model.anchors import AnchorGenerator
+from maskrcnn.model.poolers import level_of_boxes, level_range
 
 # Size 32 anchors: area 32^2, ratio a = h / w, w = 32 / sqrt(a), h = 32 * sqrt(a).
 # a = 0.5: w = 32 sqrt(2) = 45.25..., h = 16 sqrt(2) = 22.62...; half sizes 16 sqrt(2), 8 sqrt(2).

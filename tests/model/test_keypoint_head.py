@@ -187,11 +187,11 @@ def test_keypoint_model_losses_and_predictions() -> None:
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_keypoint"] > 0
     losses["loss_keypoint"].backward()
-    assert model.keypoint_head.predictor.weight.grad.abs().sum() > 0
+    assert model.keypoint.head.predictor.weight.grad.abs().sum() > 0
 
     model.eval()
     with torch.no_grad():
-        model.box_head.cls_score.bias.copy_(torch.tensor([-4.0, 4.0]))  # some confident detections
+        model.box.head.cls_score.bias.copy_(torch.tensor([-4.0, 4.0]))  # some confident detections
     (det,) = model.predict(batch)
     assert len(det) > 0 and det.masks is None
     assert det.keypoints is not None and det.keypoints.shape == (len(det), 17, 3)

@@ -8,6 +8,7 @@ of a second.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -18,8 +19,9 @@ from maskrcnn.config import demo_model
 from maskrcnn.model import MaskRCNN, build_model
 from maskrcnn.model.box_head import box_head_loss, sample_rois
 from maskrcnn.model.mask_head import mask_loss, mask_targets
-from maskrcnn.model.rpn import rpn_loss
+from maskrcnn.model.rpn import RPNOutput, rpn_loss
 from maskrcnn.ops.boxes import BoxCoder
+from maskrcnn.ops.matching import BalancedSampler
 from maskrcnn.structures import Detections, ImageBatch, RoISamples, Targets
 
 LOSS_KEYS = {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box", "loss_mask"}
@@ -149,7 +151,7 @@ def test_images_without_ground_truth(model: MaskRCNN):
         if p.grad is not None:
             assert torch.isfinite(p.grad).all(), name
     # The mask loss is an exact zero that still reaches the mask head.
-    assert all(p.grad is not None for p in model.mask_head.parameters())
+    assert all(p.grad is not None for p in model.mask.head.parameters())
 
 
 def test_mixed_batch_with_one_empty_image(model: MaskRCNN):
@@ -165,7 +167,7 @@ def test_predict_one_detections_per_image_with_consistent_lengths():
     model = build_model(demo_model().replace(num_classes=NUM_CLASSES))
     # Push the classifier towards foreground so that random weights detect something.
     with torch.no_grad():
-        model.box_head.cls_score.bias.copy_(torch.tensor([-4.0] + [2.0] * NUM_CLASSES))
+        model.box.head.cls_score.bias.copy_(torch.tensor([-4.0] + [2.0] * NUM_CLASSES))
     model.eval()
     g = torch.Generator().manual_seed(0)
     # Network input 64 x 64 (and 64 x 48 in a 64 x 64 padded batch), user images of other sizes.
@@ -185,7 +187,7 @@ def test_predict_one_detections_per_image_with_consistent_lengths():
         assert det.masks is not None and det.masks.shape == (d, h, w) and det.masks.dtype == torch.bool
         assert ((det.labels >= 0) & (det.labels < NUM_CLASSES)).all()
         assert ((det.scores >= 0) & (det.scores <= 1)).all()
-        assert d <= model.inference.detections_per_image
+        assert d <= model.box.detections_per_image
 
 
 # ------------------------------------------------------------------ the pieces, by hand
@@ -199,10 +201,9 @@ def test_rpn_loss_with_zero_logits_and_no_ground_truth():
     logits = torch.zeros(1, 100, requires_grad=True)
     deltas = torch.zeros(1, 100, 4, requires_grad=True)
     losses = rpn_loss(
-        logits, deltas, [anchors], [torch.zeros((0, 4))], [torch.zeros((0, 4))],
-        [torch.Generator().manual_seed(0)], box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0)),
-        fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=32, positive_fraction=0.5,
-        smooth_l1_beta=1 / 9, crowd_ioa_thresh=0.7,
+        RPNOutput(logits, deltas, [anchors]), [_empty_targets(seed=0)],
+        box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0)),
+        sampler=BalancedSampler(0.7, 0.3, 32, 0.5, allow_low_quality_matches=True), smooth_l1_beta=1 / 9,
     )
     assert losses["loss_rpn_box"].item() == 0.0
     assert losses["loss_rpn_objectness"].item() == pytest.approx(math.log(2), rel=1e-6)
@@ -216,8 +217,7 @@ def test_sample_rois_always_has_the_ground_truth_as_positives():
     gt = _box_targets([[10, 10, 30, 30], [40, 40, 60, 60]], [2, 0], seed=3)
     samples = sample_rois(
         [torch.zeros((0, 4))], [gt], box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)),
-        fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=16, positive_fraction=0.25,
-        crowd_ioa_thresh=0.7,
+        sampler=BalancedSampler(0.5, 0.5, 16, 0.25),
     )
     (s,) = samples
     assert isinstance(s, RoISamples) and len(s) == 2
@@ -475,7 +475,7 @@ def test_keypoint_model_on_images_without_instances():
     sum(losses.values()).backward()
     _assert_finite_gradients(kp_model)
     # The exact zero still reaches the keypoint head (data-parallel training needs every parameter used).
-    assert all(p.grad is not None for p in kp_model.keypoint_head.parameters())
+    assert all(p.grad is not None for p in kp_model.keypoint.head.parameters())
 
 
 def test_rpn_loss_when_every_anchor_is_ignored():
@@ -483,10 +483,10 @@ def test_rpn_loss_when_every_anchor_is_ignored():
     anchors = torch.tensor([[10.0, 10.0, 20.0, 20.0], [12.0, 12.0, 18.0, 30.0]])
     logits = torch.zeros(1, 2, requires_grad=True)
     deltas = torch.zeros(1, 2, 4, requires_grad=True)
+    crowd = dataclasses.replace(_empty_targets(seed=0), crowd_boxes=torch.tensor([[0.0, 0.0, 64.0, 64.0]]))
     losses = rpn_loss(
-        logits, deltas, [anchors], [torch.zeros((0, 4))], [torch.tensor([[0.0, 0.0, 64.0, 64.0]])],
-        [None], box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0)), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
-        batch_size_per_image=32, positive_fraction=0.5, smooth_l1_beta=1 / 9, crowd_ioa_thresh=0.7,
+        RPNOutput(logits, deltas, [anchors]), [crowd], box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0)),
+        sampler=BalancedSampler(0.7, 0.3, 32, 0.5, allow_low_quality_matches=True), smooth_l1_beta=1 / 9,
     )
     assert all(v.item() == 0.0 for v in losses.values()), losses
     sum(losses.values()).backward()
@@ -497,8 +497,7 @@ def test_sample_rois_without_proposals_or_ground_truth():
     samples = sample_rois(
         [torch.zeros((0, 4)), torch.tensor([[1.0, 1.0, 9.0, 9.0], [2.0, 2.0, 30.0, 30.0]])],
         [_empty_targets(seed=1), _empty_targets(seed=2)], box_coder=BoxCoder((10.0, 10.0, 5.0, 5.0)),
-        fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=16, positive_fraction=0.25,
-        crowd_ioa_thresh=0.7,
+        sampler=BalancedSampler(0.5, 0.5, 16, 0.25),
     )
     assert [len(s) for s in samples] == [0, 2]
     assert samples[1].classes.tolist() == [0, 0] and not samples[1].foreground.any()
@@ -514,7 +513,7 @@ def test_unknown_mask_representation_is_refused() -> None:
     from maskrcnn.model.mask_head import mask_probabilities
 
     logits = torch.zeros(2, 3, 4, 4)
-    with pytest.raises(ValueError, match="unknown mask loss 'sigmod'"):
+    with pytest.raises(ValueError, match="unknown mask representation 'sigmod'"):
         mask_loss(logits, torch.tensor([1, 2]), torch.zeros(2, 4, 4), "sigmod")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unknown mask loss 'sigmod'"):
+    with pytest.raises(ValueError, match="unknown mask representation 'sigmod'"):
         mask_probabilities(logits, torch.tensor([0, 1]), "sigmod")  # type: ignore[arg-type]
