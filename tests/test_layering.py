@@ -18,7 +18,7 @@ RANK = {
     "structures": 1, "dist": 1, "files": 1, "checkpoint": 2, "ops": 1,
     "model": 2, "data": 2,
     "convert": 3,
-    "engine": 4,
+    "engine": 4, "export": 4,
     "cli": 5, "__main__": 6, "__init__": 6,
 }
 
