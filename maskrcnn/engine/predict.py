@@ -60,11 +60,12 @@ class Predictor:
         model: MaskRCNN,
         config: ModelConfig,
         *,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         score_threshold: float | None = None,
     ) -> None:
         self.config = config
-        self.device = torch.device(device)
+        # None: where the model is (a training model stays on its device).
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
         # The caller's model, on the predictor's device; its mode is left alone (each
         # prediction runs in eval mode and restores the modes it found).
         self.model = model.to(self.device)

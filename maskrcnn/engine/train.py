@@ -26,6 +26,7 @@ it fits the model (same classes, same tensor names and shapes).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -187,6 +188,14 @@ class Trainer:
                 path, f"was trained on {cfg.num_classes} classes ({_names(cfg.class_names)}), this run has "
                 f"{self.cfg.num_classes} ({_names(self.cfg.class_names)}); resume with the training set "
                 "it was started on, or train the new one in another --out (with --weights to start from it)")
+        settings = _config_differences(cfg.to_dict(), self.cfg.to_dict())
+        if settings:
+            shown = "; ".join(f"{key} is {theirs!r} there, {ours!r} here"
+                              for key, theirs, ours in settings[:3])
+            fix = " ".join(f"{key}={json.dumps(theirs)}" for key, theirs, _ in settings[:3])
+            raise CheckpointError(
+                path, f"was trained with other settings ({shown}); resume with the same --preset and "
+                f"--set (here: --set {fix}), or use another --out")
         own = self.model.state_dict()
         differ = [f"{k} missing" for k in own if k not in state]
         differ += [f"{k} unexpected" for k in state if k not in own]
@@ -387,6 +396,16 @@ class Trainer:
             plot_losses(self.history, self.out / "loss_curve.png")
             self.monitor.close()
         return metrics
+
+
+def _config_differences(theirs: Any, ours: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, their value, our value)`` of every field where two config dicts differ."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        found = []
+        for key in sorted(set(theirs) | set(ours)):
+            found += _config_differences(theirs.get(key), ours.get(key), f"{prefix}{key}.")
+        return found
+    return [] if theirs == ours else [(prefix.rstrip("."), theirs, ours)]
 
 
 def _names(names: tuple[str, ...], shown: int = 4) -> str:

@@ -89,7 +89,7 @@ def mask_probabilities(
 
 
 def mask_targets(
-    samples: list[RoISamples], targets: list[Targets], size: int, rule: MaskTargetRule = "detectron2"
+    samples: list[RoISamples], targets: list[Targets], size: int, *, rule: MaskTargetRule
 ) -> Tensor:
     """``(P, S, S)`` targets of the positive RoIs, in the order of ``samples``.
 
@@ -187,7 +187,7 @@ class MaskBranch(nn.Module):
         """``loss_mask`` from the pooled features ``(P, C, S', S')`` of the positive RoIs of ``samples``."""
         logits = self.head(features)
         classes = torch.cat([s.classes[s.foreground] for s in samples])
-        target = mask_targets(samples, targets, logits.shape[-1], self.target_rule)
+        target = mask_targets(samples, targets, logits.shape[-1], rule=self.target_rule)
         return {"loss_mask": mask_loss(logits, classes, target, self.representation)}
 
     def predict(self, features: Tensor, labels: Tensor) -> Tensor:

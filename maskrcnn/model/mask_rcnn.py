@@ -95,8 +95,9 @@ class MaskRCNN(nn.Module):
         """Detections for every image of the batch, in original-image pixels.
 
         ``score_threshold`` replaces the box branch's own for this call.
-        ``timings``, when given, receives seconds per stage (``backbone``,
-        ``rpn``, ``box_head``, ``mask_head``, ``keypoint_head``, ``paste``).
+        ``timings``, when given, receives seconds per stage: ``backbone``,
+        ``rpn``, ``box_head``, ``paste``, and ``mask_head`` / ``keypoint_head``
+        for the branches the model has.
         """
         clock = _StageClock(timings, batch.tensor.device)
         features = self.backbone(batch.tensor)

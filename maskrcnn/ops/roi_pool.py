@@ -78,8 +78,10 @@ def roi_pool(features: Tensor, rois: Tensor, output_size: int, spatial_scale: fl
     if r == 0:
         return features.new_zeros((0, c, output_size, output_size))
     rois = rois.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
-    # Window (w, h) of each RoI; a chunk's masked max is (R, P, h, w, C) at its largest window.
+    # Window (w, h) of each RoI; a chunk's masked maxima are (R, P, h, w, C) over rows, then
+    # (R, P, P, w, C) over columns, at its largest window: cost P * C * w * max(h, P) per RoI.
     side = (rois[:, 3:5] - rois[:, 1:3]) * spatial_scale + 2
+    side = torch.stack((side[:, 0], side[:, 1].clamp(min=output_size)), dim=1)
     chunks = size_chunks(side, _CHUNK_ELEMENTS // (output_size * c))
     pieces = [_pool_chunk(features, rois[idx], output_size, spatial_scale) for idx in chunks]
     return torch.cat(pieces)[torch.argsort(torch.cat(chunks))]

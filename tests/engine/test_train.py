@@ -322,6 +322,23 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(dataset: CocoDataset, 
     assert sorted(_metrics(out)) == [1, 2]
 
 
+def test_resume_with_other_training_settings_is_refused(dataset: CocoDataset, tmp_path: Path):
+    from maskrcnn.convert import CheckpointError
+
+    first = _trainer(dataset, tmp_path, iterations=1)
+    first.train()
+    cfg = _model_cfg(dataset)
+    assert cfg.mask_head is not None and cfg.mask_head.target_rule == "detectron2"
+    other = cfg.replace(mask_head=dataclasses.replace(cfg.mask_head, target_rule="torchvision"))
+    second = Trainer(model_cfg=other, solver=_solver(iterations=2), dataset=dataset, out_dir=tmp_path,
+                     progress=False)
+    expected = "mask_head.target_rule is 'detectron2' there, 'torchvision' here"
+    with pytest.raises(CheckpointError, match=expected) as info:
+        second.resume()
+    assert 'mask_head.target_rule="detectron2"' in str(info.value)
+    assert second.iteration == 0
+
+
 def test_resume_without_a_checkpoint_says_so(dataset: CocoDataset, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "run"

@@ -25,6 +25,8 @@ from maskrcnn.ops.matching import BalancedSampler
 from maskrcnn.structures import Detections, ImageBatch, RoISamples, Targets
 
 LOSS_KEYS = {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box", "loss_mask"}
+# Detectron2's binarised targets, on a 28 x 28 grid.
+D2 = {"size": 28, "rule": "detectron2"}
 NUM_CLASSES = 3
 SIDE = 64
 
@@ -277,7 +279,7 @@ def test_mask_target_of_the_objects_own_box_is_all_ones():
     # first and last columns, interpolating to 0.79; every bin averages >= 0.89 along x and
     # >= 0.79 along y (one sample per bin there), so the product is >= 0.70 > 0.5 everywhere.
     mask = _mask_image((8, 23, 16, 47))
-    out = mask_targets([_samples([[16.0, 8.0, 48.0, 24.0]], [0])], [_targets_with_masks([mask])], 28)
+    out = mask_targets([_samples([[16.0, 8.0, 48.0, 24.0]], [0])], [_targets_with_masks([mask])], **D2)
     assert out.shape == (1, 28, 28) and out.dtype == torch.bool
     assert out.all()
 
@@ -289,7 +291,7 @@ def test_mask_target_of_a_roi_twice_as_wide_is_left_half_ones():
     #   q = 14: samples at 31.79 (0.21) and 32.36 (0) -> 0.11
     # so columns 0..13 are ones and 14..27 zeros; along y every bin is >= 0.79 (previous test).
     mask = _mask_image((8, 23, 16, 31))
-    out = mask_targets([_samples([[16.0, 8.0, 48.0, 24.0]], [0])], [_targets_with_masks([mask])], 28)[0]
+    out = mask_targets([_samples([[16.0, 8.0, 48.0, 24.0]], [0])], [_targets_with_masks([mask])], **D2)[0]
     expected = torch.zeros(28, 28, dtype=torch.bool)
     expected[:, :14] = True
     assert torch.equal(out, expected)
@@ -299,7 +301,7 @@ def test_mask_target_with_one_pixel_bins_is_an_exact_crop():
     # A 28 x 28 RoI has 1-px bins and one sample per bin at x0 - 0.5 + q + 0.5 = x0 + q: the
     # pixel centres themselves, so the target is the mask cropped to the RoI, pixel for pixel.
     mask = _mask_image((8, 23, 16, 31))
-    out = mask_targets([_samples([[10.0, 3.0, 38.0, 31.0]], [0])], [_targets_with_masks([mask])], 28)[0]
+    out = mask_targets([_samples([[10.0, 3.0, 38.0, 31.0]], [0])], [_targets_with_masks([mask])], **D2)[0]
     assert torch.equal(out, mask[3:31, 10:38].bool())
 
 
@@ -308,7 +310,7 @@ def test_mask_target_of_an_l_shape_is_an_l():
     # even pixels. A 56 x 56 RoI at the origin gives 2-px bins with 2 samples per axis at pixel
     # centres 2q and 2q + 1, so each target pixel is the mean of a 2 x 2 block: 0 or 1.
     mask = _mask_image((8, 47, 8, 19), (36, 47, 8, 43))
-    out = mask_targets([_samples([[0.0, 0.0, 56.0, 56.0]], [0])], [_targets_with_masks([mask])], 28)[0]
+    out = mask_targets([_samples([[0.0, 0.0, 56.0, 56.0]], [0])], [_targets_with_masks([mask])], **D2)[0]
     expected = torch.zeros(28, 28, dtype=torch.bool)
     expected[4:24, 4:10] = True  # the bar
     expected[18:24, 4:22] = True  # the foot
@@ -325,7 +327,7 @@ def test_mask_targets_use_each_rois_matched_instance_in_order():
         _samples([[0.0, 0.0, 28.0, 28.0]] * 3, [1, 0, 0], classes=[2, 1, 0]),
         _samples([[0.0, 0.0, 28.0, 28.0]], [0], classes=[3]),
     ]
-    out = mask_targets(samples, [_targets_with_masks([top, left]), _targets_with_masks([left])], 28)
+    out = mask_targets(samples, [_targets_with_masks([top, left]), _targets_with_masks([left])], **D2)
     assert out.shape == (3, 28, 28)
     for got, want in zip(out, [left, top, left], strict=True):
         assert torch.equal(got, want[:28, :28].bool())
@@ -333,7 +335,7 @@ def test_mask_targets_use_each_rois_matched_instance_in_order():
 
 def test_mask_targets_without_positives_are_empty():
     samples = [_samples([[0.0, 0.0, 28.0, 28.0]], [0], classes=[0])]
-    out = mask_targets(samples, [_targets_with_masks([_mask_image((0, 5, 0, 5))])], 28)
+    out = mask_targets(samples, [_targets_with_masks([_mask_image((0, 5, 0, 5))])], **D2)
     assert out.shape == (0, 28, 28)
 
 
@@ -506,7 +508,7 @@ def test_sample_rois_without_proposals_or_ground_truth():
     losses = box_head_loss(logits, deltas, samples, smooth_l1_beta=0.0)
     assert losses["loss_box"].item() == 0.0
     assert losses["loss_classifier"].item() == pytest.approx(math.log(NUM_CLASSES + 1), rel=1e-6)
-    assert mask_targets(samples, [_empty_targets(1), _empty_targets(2)], 28).shape == (0, 28, 28)
+    assert mask_targets(samples, [_empty_targets(1), _empty_targets(2)], **D2).shape == (0, 28, 28)
 
 
 def test_unknown_mask_representation_is_refused() -> None:
