@@ -1,4 +1,4 @@
-"""The ``maskrcnn`` command: ``predict``, ``evaluate``, ``train``, ``presets`` and ``demo``.
+"""The ``maskrcnn`` command: ``predict``, ``evaluate``, ``export``, ``train``, ``presets`` and ``demo``.
 
 A user's mistake gets one line on stderr, ``maskrcnn COMMAND: error: ...``,
 saying what is wrong, with which file or flag, and what to do. Exit status:
@@ -94,13 +94,20 @@ def _unit_interval(text: str) -> float:
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of the commands that run a trained model: ``predict`` and ``evaluate``."""
     p.add_argument("--weights", required=True, metavar="FILE",
-                   help="checkpoint: ours, torchvision's (.pth) or Detectron2's (.pkl/.pth)")
-    p.add_argument("--format", choices=("maskrcnn", "torchvision", "detectron2"), default=None,
-                   help="checkpoint format (default: detected from the file's contents)")
+                   help="checkpoint: ours, torchvision's (.pth) or Detectron2's (.pkl/.pth), "
+                        "or a model written by `maskrcnn export` (.onnx)")
+    _add_format_argument(p)
+    p.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default=None,
+                   help="what runs the model (default: torch for checkpoints, onnxruntime for .onnx files)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
     p.add_argument("--score-threshold", type=_unit_interval, default=None, metavar="T",
                    help="keep detections scoring above T, any T in [0, 1] (default: the model's own, 0.05)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
+def _add_format_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("maskrcnn", "torchvision", "detectron2"), default=None,
+                   help="checkpoint format (default: detected from the file's contents)")
 
 
 def _check_model_arguments(args: argparse.Namespace) -> None:
@@ -115,8 +122,52 @@ def _load_predictor(args: argparse.Namespace) -> Any:
 
     if not Path(args.weights).is_file():
         raise Failure(f"{args.weights}: no such checkpoint file (--weights)")
-    return load(args.weights, device=args.device or "cpu", format=args.format,
-                score_threshold=args.score_threshold)
+    try:
+        return load(args.weights, device=args.device or "cpu", format=args.format,
+                    score_threshold=args.score_threshold, runtime=args.runtime)
+    except ValueError as e:  # a runtime that does not run this file, a device it has not
+        raise UsageError(f"{e} (--runtime, --device)") from e
+    except ImportError as e:
+        raise Failure(f"{args.weights} needs {e.name or 'a package'} to run: "
+                      "pip install 'maskrcnn[deploy]'") from e
+
+
+# --------------------------------------------------------------------------- export
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .convert import load_checkpoint
+    from .model import build_model
+
+    weights, out = Path(args.weights), Path(args.out)
+    if not weights.is_file():
+        raise Failure(f"{weights}: no such checkpoint file (--weights)")
+    if weights.suffix.lower() == ".onnx":
+        raise UsageError(f"{weights}: already an exported model; give the checkpoint it came from "
+                         "(--weights)")
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"--out {out}: the file's name must end in .onnx")
+    try:
+        from .export.graph import ExportError
+        from .export.onnx_file import export_onnx
+    except ImportError as e:
+        raise Failure(f"exporting needs {e.name or 'the deploy extra'}: "
+                      "pip install 'maskrcnn[deploy]'") from e
+    config, state = load_checkpoint(weights, format=args.format)
+    model = build_model(config)
+    model.load_state_dict(state, strict=True)
+    print(f"exporting {weights} to ONNX (about a minute)...", file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        export_onnx(model, config, out, opset=args.opset, source=weights.name)
+    except ExportError as e:
+        raise Failure(f"{weights}: {e}; this model cannot be exported") from e
+    except ValueError as e:
+        raise UsageError(f"--opset {args.opset}: {e}") from e
+    size = out.stat().st_size / 2**20
+    print(f"{weights} -> {out} ({size:.0f} MiB, {time.perf_counter() - start:.0f} s); run it with: "
+          f"maskrcnn predict IMAGES --weights {out}", file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------- predict
@@ -463,6 +514,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-images", type=int, default=None, metavar="N",
                    help="evaluate only the first N images of the annotation file")
     e.set_defaults(func=run_evaluate)
+
+    x = sub.add_parser("export", parents=[common],
+                       help="write a model as one ONNX file (whole pipeline) for ONNX Runtime / OpenVINO")
+    x.add_argument("--weights", required=True, metavar="FILE",
+                   help="checkpoint: ours, torchvision's (.pth) or Detectron2's (.pkl/.pth)")
+    _add_format_argument(x)
+    x.add_argument("--out", required=True, metavar="FILE", help="the ONNX file to write (.onnx)")
+    x.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset, 18 to 21 (default: 18)")
+    x.set_defaults(func=run_export)
 
     pr = sub.add_parser("presets", parents=[common], help="list the model presets usable as train --preset")
     pr.set_defaults(func=run_presets)

@@ -61,18 +61,22 @@ def error_line(stderr: str, *names: str) -> str:
 
 
 def predict_fixture_and_compare(
-    fixture: Path, compare: Path, tmp_path: Path, *, images: Path | None = None
+    fixture: Path, compare: Path, tmp_path: Path, *, images: Path | None = None, weights: Path | None = None,
+    runtime: str | None = None,
 ) -> str:
     """Run a peer reference fixture through ``maskrcnn predict`` and check it with ``compare.py``.
 
     The fixture's synthetic weights are written in the peer's own file format
     (a Detectron2 model-zoo ``.pkl``, a torchvision ``.pth``); each call's
     images are predicted as one batch, as the peer ran them. ``images`` is the
-    folder holding them (default: the fixture's ``images/``). Returns
-    ``compare.py``'s output; fails the test unless the comparison holds.
+    folder holding them (default: the fixture's ``images/``). ``weights``
+    replaces the fixture's file (an export of it, say), run by ``--runtime
+    runtime`` when given. Returns ``compare.py``'s output; fails the test
+    unless the comparison holds.
     """
-    suffix = ".pkl" if fixture.name.startswith("detectron2") else ".pth"
-    weights = write_fixture_weights(fixture, tmp_path / f"weights{suffix}")
+    if weights is None:
+        suffix = ".pkl" if fixture.name.startswith("detectron2") else ".pth"
+        weights = write_fixture_weights(fixture, tmp_path / f"weights{suffix}")
     images = images or fixture / "images"
     expected = json.loads((fixture / "expected.json").read_text())
     merged = []
@@ -80,7 +84,7 @@ def predict_fixture_and_compare(
         out = tmp_path / f"call{i}.json"
         paths = [str(images / name) for name in call["images"]]
         code = main(["predict", *paths, "--weights", str(weights), "--out", str(out),
-                     "--batch-size", str(len(paths))])
+                     "--batch-size", str(len(paths)), *(["--runtime", runtime] if runtime else [])])
         assert code == 0
         merged += json.loads(out.read_text())
     results = tmp_path / "results.json"

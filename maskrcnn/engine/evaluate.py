@@ -53,7 +53,7 @@ from pycocotools.cocoeval import COCOeval, Params
 
 from ..data.images import ImageReadError, load_image
 from ..data.validation import DatasetError, clean_ground_truth
-from .predict import Predictor
+from .predict import BasePredictor
 from .results import to_coco_results
 
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm", "keypoints")
@@ -212,7 +212,7 @@ def keypoint_category_ids(gt: COCO) -> list[int]:
 
 
 def evaluate(
-    predictor: Predictor,
+    predictor: BasePredictor,
     json_path: str | os.PathLike[str] | COCO,
     image_dir: str | os.PathLike[str],
     *,

@@ -52,23 +52,15 @@ class Prediction(Generic[Source]):
     error: ImageReadError | None = None  # str(error) is "PATH: what is wrong"
 
 
-class Predictor:
-    """Runs a Mask R-CNN on images. Build one with ``maskrcnn.load(path)``."""
+class BasePredictor:
+    """What every predictor shares: the config, the score threshold, batching over files.
 
-    def __init__(
-        self,
-        model: MaskRCNN,
-        config: ModelConfig,
-        *,
-        device: str | torch.device | None = None,
-        score_threshold: float | None = None,
-    ) -> None:
+    Subclasses run the model in ``predict_arrays``: ``Predictor`` in PyTorch,
+    ``export.runtime.OnnxPredictor`` in ONNX Runtime or OpenVINO.
+    """
+
+    def __init__(self, config: ModelConfig, *, score_threshold: float | None = None) -> None:
         self.config = config
-        # None: where the model is (a training model stays on its device).
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        # The caller's model, on the predictor's device; its mode is left alone (each
-        # prediction runs in eval mode and restores the modes it found).
-        self.model = model.to(self.device)
         # None: the model's own threshold (0.05 for the peers' checkpoints).
         self.score_threshold = check_score_threshold(score_threshold)
 
@@ -89,12 +81,6 @@ class Predictor:
         """The dataset's category id of each detection (COCO ids for COCO checkpoints)."""
         return [self.config.category_id(int(label)) for label in detections.labels]
 
-    def prepare(self, images: Sequence[np.ndarray]) -> ImageBatch:
-        """``(H, W, 3)`` uint8 RGB arrays -> the model's input batch on the predictor's device."""
-        batch = make_batch(list(images), self.config.input, self.device)
-        batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
-        return batch
-
     def predict_arrays(
         self,
         images: Sequence[np.ndarray],
@@ -106,16 +92,7 @@ class Predictor:
 
         ``score_threshold`` in [0, 1] overrides the predictor's for this call.
         """
-        threshold = check_score_threshold(score_threshold)
-        # The threshold is applied where the box branch applies its own, before per-class
-        # NMS and the top-k cap, as the peers do: a higher one keeps exactly the
-        # detections above it that the model would return, a lower one returns more.
-        threshold = self.score_threshold if threshold is None else threshold
-        batch = self.prepare(images)
-        with evaluation_mode(self.model):
-            detections = self.model.predict(batch, score_threshold=threshold, timings=timings)
-        names = list(self.config.class_names)
-        return [dataclasses.replace(d.to("cpu"), class_names=names) for d in detections]
+        raise NotImplementedError
 
     def __call__(
         self,
@@ -200,6 +177,54 @@ class Predictor:
             bar.close()
 
 
+class Predictor(BasePredictor):
+    """Runs a Mask R-CNN in PyTorch. Build one with ``maskrcnn.load(path)``."""
+
+    def __init__(
+        self,
+        model: MaskRCNN,
+        config: ModelConfig,
+        *,
+        device: str | torch.device | None = None,
+        score_threshold: float | None = None,
+    ) -> None:
+        super().__init__(config, score_threshold=score_threshold)
+        # None: where the model is (a training model stays on its device).
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        # The caller's model, on the predictor's device; its mode is left alone (each
+        # prediction runs in eval mode and restores the modes it found).
+        self.model = model.to(self.device)
+
+    def prepare(self, images: Sequence[np.ndarray]) -> ImageBatch:
+        """``(H, W, 3)`` uint8 RGB arrays -> the model's input batch on the predictor's device."""
+        batch = make_batch(list(images), self.config.input, self.device)
+        batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def predict_arrays(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        score_threshold: float | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[Detections]:
+        """One forward pass over ``(H, W, 3)`` uint8 RGB arrays batched together.
+
+        ``score_threshold`` in [0, 1] overrides the predictor's for this call.
+        """
+        threshold = check_score_threshold(score_threshold)
+        # The threshold is applied where the box branch applies its own, before per-class
+        # NMS and the top-k cap, as the peers do: a higher one keeps exactly the
+        # detections above it that the model would return, a lower one returns more.
+        threshold = self.score_threshold if threshold is None else threshold
+        batch = self.prepare(images)
+        with evaluation_mode(self.model):
+            detections = self.model.predict(batch, score_threshold=threshold, timings=timings)
+        names = list(self.config.class_names)
+        return [dataclasses.replace(d.to("cpu"), class_names=names) for d in detections]
+
+
+
 @contextlib.contextmanager
 def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
     """``model`` in eval mode inside the block; every submodule's own mode is restored after it."""
@@ -234,8 +259,30 @@ def load(
     device: str | torch.device = "cpu",
     format: str | None = None,
     score_threshold: float | None = None,
-) -> Predictor:
-    """Load a checkpoint (ours, torchvision's or Detectron2's, detected from its keys) for prediction."""
+    runtime: str | None = None,
+) -> BasePredictor:
+    """Load a model for prediction.
+
+    A checkpoint (ours, torchvision's or Detectron2's, detected from its
+    keys) runs in PyTorch; a file written by ``maskrcnn export`` (``.onnx``)
+    runs in ONNX Runtime, or in OpenVINO with ``runtime="openvino"``.
+    """
+    from ..export.runtime import ONNX_SUFFIXES, RUNTIMES, load_onnx
+
+    exported = Path(path).suffix.lower() in ONNX_SUFFIXES
+    if runtime is None:
+        runtime = "onnxruntime" if exported else "torch"
+    if runtime not in ("torch", *RUNTIMES):
+        raise ValueError(f"unknown runtime {runtime!r}: expected torch, {', '.join(RUNTIMES)}")
+    if runtime != "torch":
+        if not exported:
+            raise ValueError(f"{path}: the {runtime} runtime runs exported models (.onnx); export this "
+                             f"checkpoint first: maskrcnn export --weights {path} --out model.onnx")
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"exported models run on the CPU here, not on {device}")
+        return load_onnx(path, runtime=runtime, score_threshold=score_threshold)
+    if exported:
+        raise ValueError(f"{path}: an exported model runs in onnxruntime or openvino, not in torch")
     from ..convert import load_checkpoint
 
     config, state = load_checkpoint(path, format=format)

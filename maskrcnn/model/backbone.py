@@ -57,6 +57,17 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` without ``F.group_norm``'s Python check that a group holds more than one value.
+
+    That check reads the feature map's size, which an exported graph (its
+    image size read from the data) cannot; the computation is the same.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 def make_norm(kind: NormKind, channels: int, eps: float) -> nn.Module:
     """Frozen batch norm (fine-tuning), batch norm, or group norm of 32 groups (training from scratch)."""
     if kind == "frozen_bn":
@@ -64,7 +75,7 @@ def make_norm(kind: NormKind, channels: int, eps: float) -> nn.Module:
     if kind == "bn":
         return nn.BatchNorm2d(channels, eps=eps)
     if kind == "gn":
-        return nn.GroupNorm(min(32, channels), channels, eps=eps)
+        return GroupNorm(min(32, channels), channels, eps=eps)
     raise ValueError(f"unknown norm {kind!r}: expected frozen_bn, bn or gn")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 from torch.nn import functional as F
 
 from ..dist import global_normaliser
@@ -60,7 +61,9 @@ class KeypointHead(nn.Module):
         for conv in self.convs:
             x = torch.relu_(conv(x))
         x = self.predictor(x)
-        if x.shape[0] == 0:  # interpolate refuses empty batches on some devices
+        # interpolate refuses empty batches on some devices; an exported graph (where the
+        # count is not known) takes the general path, which ONNX runtimes run on no RoIs.
+        if guard_or_false(x.shape[0] == 0):
             # ``+ x.sum() * 0`` keeps the (empty) result in the graph, so that a
             # batch without positive RoIs still gives every parameter a (zero)
             # gradient, as data-parallel training needs.

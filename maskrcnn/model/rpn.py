@@ -145,7 +145,7 @@ class RPN(nn.Module):
         for level, a in enumerate(out.anchors):
             count = a.shape[0]
             k = min(topk.pre_nms, count)
-            picked.append(logits[:, start : start + count].topk(k, dim=1).indices + start)
+            picked.append(best_first(logits[:, start : start + count], k) + start)
             levels.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
             start += count
         index = torch.cat(picked, dim=1)  # (N, sum_l k_l)
@@ -164,6 +164,17 @@ class RPN(nn.Module):
             keep = batched_nms(boxes, s, lvl, self.nms_thresh)[: topk.post_nms]
             result.append(Proposals(boxes[keep], torch.sigmoid(s[keep])))
         return result
+
+
+def best_first(scores: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` highest ``scores`` of each row, highest first, equal scores by index.
+
+    ``topk`` leaves the order of equal scores (and which of them make the cut)
+    to the implementation; ONNX's TopK puts the lower index first. Flat image
+    regions give many exactly equal logits, so the exported model and this
+    one agree only if both break ties the same way.
+    """
+    return scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
 
 
 def rpn_loss(

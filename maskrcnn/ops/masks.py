@@ -43,7 +43,6 @@ def _interpolate_weights(first: Tensor, count: Tensor, span: int, src_size: int)
     ``first (D,)`` is the index of the first output in the window, ``span``
     the window length. Returns ``(D, span, src_size)``.
     """
-    d = first.shape[0]
     k = first[:, None] + torch.arange(span, device=first.device)  # (D, span)
     valid = (k >= 0) & (k < count[:, None])
     scale = src_size / count.to(torch.float32)
@@ -51,10 +50,19 @@ def _interpolate_weights(first: Tensor, count: Tensor, span: int, src_size: int)
     low = src.floor().long().clamp(max=src_size - 1)
     frac = (src - low.to(src.dtype)).clamp(0, 1)
     high = torch.where(low < src_size - 1, low + 1, low)
-    weights = torch.zeros(d, span, src_size, device=first.device)
-    weights.scatter_add_(2, low[..., None], ((1 - frac) * valid)[..., None])
-    weights.scatter_add_(2, high[..., None], (frac * valid)[..., None])
-    return weights
+    return _two_taps(low, (1 - frac) * valid, high, frac * valid, src_size)
+
+
+def _two_taps(low: Tensor, w_low: Tensor, high: Tensor, w_high: Tensor, src_size: int) -> Tensor:
+    """Rows of weights ``(..., src_size)``: ``w_low`` at index ``low`` plus ``w_high`` at ``high``.
+
+    Indices outside ``[0, src_size)`` weigh nothing. Built by comparison
+    rather than scattering, so that it exports to any ONNX runtime.
+    """
+    columns = torch.arange(src_size, device=low.device)
+    zero = w_low.new_zeros(())
+    return (torch.where(columns == low[..., None], w_low[..., None], zero)
+            + torch.where(columns == high[..., None], w_high[..., None], zero))
 
 
 def _grid_sample_weights(pixels: Tensor, lo: Tensor, hi: Tensor, src_size: int) -> Tensor:
@@ -71,11 +79,7 @@ def _grid_sample_weights(pixels: Tensor, lo: Tensor, hi: Tensor, src_size: int) 
     low = src.floor()
     frac = src - low
     low = low.long()
-    weights = torch.zeros(*pixels.shape, src_size + 2, device=pixels.device)
-    # Shift taps by one so that index -1 and src_size land in two spare slots.
-    for tap, w in ((low, 1 - frac), (low + 1, frac)):
-        weights.scatter_add_(2, (tap + 1).clamp(0, src_size + 1)[..., None], w[..., None])
-    return weights[:, :, 1:-1]
+    return _two_taps(low, 1 - frac, low + 1, frac, src_size)
 
 
 def _sampling_windows(boxes: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -93,6 +97,56 @@ def _sampling_windows(boxes: Tensor, size: tuple[int, int]) -> tuple[Tensor, Ten
     return y0, y1, x0, x1
 
 
+def _torchvision_boxes(boxes: Tensor, mask_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """torchvision's integer paste boxes: grown by one mask pixel each side, truncated.
+
+    Returns the integer boxes ``(D, 4)`` and their heights and widths ``(D,)``
+    in pixels (at least 1).
+    """
+    scale = (mask_size + 2) / mask_size
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
+    centre = (boxes[:, 2:] + boxes[:, :2]) * 0.5
+    ibox = torch.cat((centre - half, centre + half), dim=1).long()
+    bw = (ibox[:, 2] - ibox[:, 0] + 1).clamp(min=1)
+    bh = (ibox[:, 3] - ibox[:, 1] + 1).clamp(min=1)
+    return ibox, bh, bw
+
+
+def pasted_values(
+    masks: Tensor, boxes: Tensor, rule: PasteRule, y0: Tensor, x0: Tensor, span_y: int, span_x: int
+) -> Tensor:
+    """Each mask resized into its box, over a window of the image: ``(D, span_y, span_x)`` float32.
+
+    ``masks (D, S, S)`` probabilities, ``boxes (D, 4)`` in image pixels; the
+    window of detection ``d`` starts at pixel ``(y0[d], x0[d])``. Pixels that
+    the box's resize does not reach are 0. ``paste_masks`` calls it on a tight
+    window per detection; the exported model on the whole image.
+    """
+    masks = masks.float()
+    boxes = boxes.float()
+    rows = y0[:, None] + torch.arange(span_y, device=masks.device)  # (D, span_y)
+    cols = x0[:, None] + torch.arange(span_x, device=masks.device)  # (D, span_x)
+    if rule == "torchvision":
+        # One pixel of zero padding around each mask, the box grown by the same
+        # factor about its centre, then truncated to integer pixels.
+        ibox, bh, bw = _torchvision_boxes(boxes, masks.shape[-1])
+        masks = torch.nn.functional.pad(masks, (1, 1, 1, 1))
+        wy = _interpolate_weights(y0 - ibox[:, 1], bh, span_y, masks.shape[-2])
+        wx = _interpolate_weights(x0 - ibox[:, 0], bw, span_x, masks.shape[-1])
+    elif rule == "detectron2":
+        wy = _grid_sample_weights(rows, boxes[:, 1], boxes[:, 3], masks.shape[-2])
+        wx = _grid_sample_weights(cols, boxes[:, 0], boxes[:, 2], masks.shape[-1])
+    else:
+        raise ValueError(f"unknown paste rule {rule!r}: expected one of {get_args(PasteRule)}")
+    # (D, span_y, S) @ (D, S, S) @ (D, S, span_x)
+    return torch.bmm(torch.bmm(wy, masks), wx.transpose(1, 2))
+
+
+def binarise(values: Tensor, rule: PasteRule, threshold: float) -> Tensor:
+    """Pasted probabilities to a bool mask: ``> threshold`` (torchvision) or ``>=`` (Detectron2)."""
+    return values > threshold if rule == "torchvision" else values >= threshold
+
+
 def paste_masks(
     masks: Tensor,
     boxes: Tensor,
@@ -104,7 +158,8 @@ def paste_masks(
 
     With a ``threshold`` the result is bool (``value > threshold`` for the
     torchvision rule, ``>=`` for Detectron2's, as each framework does);
-    without one it is the float probabilities.
+    without one it is the float probabilities. Each detection is computed
+    over the window of the image its box can reach.
     """
     h, w = size
     d = masks.shape[0]
@@ -114,19 +169,9 @@ def paste_masks(
         return out
     if rule not in get_args(PasteRule):
         raise ValueError(f"unknown paste rule {rule!r}: expected one of {get_args(PasteRule)}")
-    masks = masks.float()
     boxes = boxes.float()
     if rule == "torchvision":
-        # One pixel of zero padding around each mask, the box grown by the same
-        # factor about its centre, then truncated to integer pixels.
-        s = masks.shape[-1]
-        masks = torch.nn.functional.pad(masks, (1, 1, 1, 1))
-        scale = (s + 2) / s
-        half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
-        centre = (boxes[:, 2:] + boxes[:, :2]) * 0.5
-        ibox = torch.cat((centre - half, centre + half), dim=1).long()
-        bw = (ibox[:, 2] - ibox[:, 0] + 1).clamp(min=1)
-        bh = (ibox[:, 3] - ibox[:, 1] + 1).clamp(min=1)
+        ibox, _, _ = _torchvision_boxes(boxes, masks.shape[-1])
         x0 = ibox[:, 0].clamp(min=0)
         y0 = ibox[:, 1].clamp(min=0)
         x1 = (ibox[:, 2] + 1).clamp(max=w)
@@ -141,19 +186,11 @@ def paste_masks(
         span_x = int((x1[idx] - x0[idx]).max())
         if span_y == 0 or span_x == 0:
             continue
+        values = pasted_values(masks[idx], boxes[idx], rule, y0[idx], x0[idx], span_y, span_x)
+        if threshold is not None:
+            values = binarise(values, rule, threshold)
         rows = y0[idx, None] + torch.arange(span_y, device=masks.device)
         cols = x0[idx, None] + torch.arange(span_x, device=masks.device)
-        if rule == "torchvision":
-            wy = _interpolate_weights(y0[idx] - ibox[idx, 1], bh[idx], span_y, masks.shape[-2])
-            wx = _interpolate_weights(x0[idx] - ibox[idx, 0], bw[idx], span_x, masks.shape[-1])
-        else:
-            b = boxes[idx]
-            wy = _grid_sample_weights(rows, b[:, 1], b[:, 3], masks.shape[-2])
-            wx = _grid_sample_weights(cols, b[:, 0], b[:, 2], masks.shape[-1])
-        # (D, span_y, S) @ (D, S, S) @ (D, S, span_x)
-        values = torch.bmm(torch.bmm(wy, masks[idx]), wx.transpose(1, 2))
-        if threshold is not None:
-            values = values > threshold if rule == "torchvision" else values >= threshold
         inside = (rows < y1[idx, None])[:, :, None] & (cols < x1[idx, None])[:, None, :]
         det = idx[:, None, None].expand_as(inside)
         out[det[inside], rows[:, :, None].expand_as(inside)[inside],
