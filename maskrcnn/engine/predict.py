@@ -91,7 +91,19 @@ class BasePredictor:
         """One forward pass over ``(H, W, 3)`` uint8 RGB arrays batched together.
 
         ``score_threshold`` in [0, 1] overrides the predictor's for this call.
+        It is applied where the box branch applies its own, before per-class
+        NMS and the top-k cap, as the peers do: a higher one keeps exactly the
+        detections above it that the model would return, a lower one returns
+        more. ``timings`` receives seconds per stage where the runner reports them.
         """
+        threshold = check_score_threshold(score_threshold)
+        threshold = self.score_threshold if threshold is None else threshold
+        return self.run(images, threshold, timings)
+
+    def run(
+        self, images: Sequence[np.ndarray], score_threshold: float | None, timings: dict[str, float] | None
+    ) -> list[Detections]:
+        """The model on a batch (``score_threshold`` None: the model's own); per subclass."""
         raise NotImplementedError
 
     def __call__(
@@ -201,25 +213,12 @@ class Predictor(BasePredictor):
         batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
         return batch
 
-    def predict_arrays(
-        self,
-        images: Sequence[np.ndarray],
-        *,
-        score_threshold: float | None = None,
-        timings: dict[str, float] | None = None,
+    def run(
+        self, images: Sequence[np.ndarray], score_threshold: float | None, timings: dict[str, float] | None
     ) -> list[Detections]:
-        """One forward pass over ``(H, W, 3)`` uint8 RGB arrays batched together.
-
-        ``score_threshold`` in [0, 1] overrides the predictor's for this call.
-        """
-        threshold = check_score_threshold(score_threshold)
-        # The threshold is applied where the box branch applies its own, before per-class
-        # NMS and the top-k cap, as the peers do: a higher one keeps exactly the
-        # detections above it that the model would return, a lower one returns more.
-        threshold = self.score_threshold if threshold is None else threshold
         batch = self.prepare(images)
         with evaluation_mode(self.model):
-            detections = self.model.predict(batch, score_threshold=threshold, timings=timings)
+            detections = self.model.predict(batch, score_threshold=score_threshold, timings=timings)
         names = list(self.config.class_names)
         return [dataclasses.replace(d.to("cpu"), class_names=names) for d in detections]
 

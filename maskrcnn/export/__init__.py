@@ -1,11 +1,16 @@
-"""Export to ONNX (issue 9, in progress): operators and graph pieces that run unchanged in ONNX runtimes.
+"""Export to ONNX: the whole model in one file, run by ONNX Runtime or OpenVINO.
 
-- ``onnx_ops``: our RoIAlign and grouped NMS as operators that export to ONNX
-  ``RoiAlign`` and ``NonMaxSuppression``, equal in ONNX Runtime and OpenVINO;
-- ``preprocess``: the input transform (torchvision's resize rule) as dense
-  tensor algebra over a padded batch, for any batch and image size;
-- ``proposals``: the RPN's proposal selection over a whole batch with fixed
-  sizes (-inf padding, one grouped NMS), equal to ``RPN.propose``.
+- ``graph``: ``ExportableMaskRCNN``, the detector's forward written for an
+  exported graph (uint8 pixels in, flat detections with pasted masks out; any
+  batch and image size; no per-image lists);
+- ``preprocess``: the input transform (both peers' resize rules) as dense
+  tensor algebra with exact size arithmetic;
+- ``proposals``: the RPN's proposal selection over a whole batch with fixed sizes;
+- ``onnx_ops``, ``keypoints``: our RoIAlign, grouped NMS and keypoint decoding
+  as operators that become ONNX ``RoiAlign``, ``NonMaxSuppression`` and a ``Loop``;
+- ``onnx_file``: ``export_onnx`` (``maskrcnn export``) and the config in the
+  file's metadata;
+- ``runtime``: ``load_onnx``, a predictor backed by ONNX Runtime or OpenVINO.
 
 Needs the ``deploy`` extra (onnx, onnxscript, onnx-ir, onnxruntime, openvino).
 """

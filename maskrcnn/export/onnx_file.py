@@ -22,6 +22,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,10 +66,11 @@ def export_onnx(
             program = torch.onnx.export(
                 wrapper, (images, sizes, threshold), dynamo=True, opset_version=opset,
                 input_names=INPUT_NAMES, output_names=wrapper.output_names,
-                custom_translation_table=translations,
+                custom_translation_table=translations, optimize=False,
                 dynamic_shapes={"images": {0: "batch", 1: "height", 2: "width"}, "sizes": {0: "batch"},
                                 "score_threshold": None},
             )
+            _fold_constants(program.model)
     except Exception as e:  # noqa: BLE001 - the exporter's many error types, as one
         summary = next((line.strip() for line in str(e).splitlines() if "Error" in line or "error" in line),
                        str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -82,6 +84,23 @@ def export_onnx(
         "maskrcnn.source": source,
     })
     write_atomically(Path(path), lambda tmp: program.save(str(tmp)))
+
+
+def _fold_constants(model: Any) -> None:
+    """Constant folding and clean-up of the exported graph (an ``onnx_ir.Model``), in place.
+
+    The exporter's own optimiser adds pattern rewrites to this, which took a
+    quarter of the export's time (about 13 s of 50 for R50-FPN) and changed
+    nothing measurable at run time in ONNX Runtime, which fuses on loading.
+    """
+    import onnx_ir.passes.common as passes
+    from onnxscript.optimizer import fold_constants
+
+    fold_constants(model)
+    for step in (passes.RemoveUnusedNodesPass(),
+                 passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                 passes.DeduplicateInitializersPass(), passes.CommonSubexpressionEliminationPass()):
+        step(model)
 
 
 @contextlib.contextmanager

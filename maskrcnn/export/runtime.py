@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
-from ..engine.predict import BasePredictor, check_score_threshold
+from ..engine.predict import BasePredictor
 from ..structures import Detections
 from .onnx_file import read_config
 
@@ -88,16 +88,10 @@ class OnnxPredictor(BasePredictor):
         self.runtime = runtime
         self.device = torch.device("cpu")
 
-    def predict_arrays(
-        self,
-        images: Sequence[np.ndarray],
-        *,
-        score_threshold: float | None = None,
-        timings: dict[str, float] | None = None,
+    def run(
+        self, images: Sequence[np.ndarray], score_threshold: float | None, timings: dict[str, float] | None
     ) -> list[Detections]:
-        threshold = check_score_threshold(score_threshold)
-        threshold = self.score_threshold if threshold is None else threshold
-        threshold = self.config.box_head.score_thresh if threshold is None else threshold
+        threshold = self.config.box_head.score_thresh if score_threshold is None else score_threshold
         canvas, sizes = pad_images(images)
         start = time.perf_counter()
         out = self.runner({"images": canvas, "sizes": sizes,
