@@ -1,4 +1,5 @@
-"""The ``maskrcnn`` command: ``predict``, ``evaluate``, ``export``, ``train``, ``presets`` and ``demo``.
+"""The ``maskrcnn`` command: ``predict``, ``evaluate``, ``export``, ``train``, ``dataset split``,
+``presets`` and ``demo``.
 
 A user's mistake gets one line on stderr, ``maskrcnn COMMAND: error: ...``,
 saying what is wrong, with which file or flag, and what to do. Exit status:
@@ -276,6 +277,37 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- dataset
+
+
+def run_dataset_split(args: argparse.Namespace) -> int:
+    from .data.coco import read_json
+    from .data.split import split_coco
+    from .data.validation import DatasetError
+    from .engine.results import write_json_atomic
+
+    if not 0.0 < args.val < 1.0:
+        raise UsageError(f"--val {args.val:g}: give the validation share as a fraction between 0 and 1")
+    source = Path(args.json)
+    try:
+        train, val, summary = split_coco(read_json(source), args.val, args.seed)
+    except DatasetError as e:
+        message = str(e)
+        raise Failure(message if message.startswith(str(source)) else f"{source}: {message}") from e
+    out = Path(args.out)
+    for name, content in (("train.json", train), ("val.json", val)):
+        write_json_atomic(out / name, content)
+    s = summary
+    print(f"{s.train_images} training image(s) ({s.train_instances} annotations), {s.val_images} validation "
+          f"image(s) ({s.val_instances}); {s.classes_on_both_sides} of the {s.classes_that_can_be} classes "
+          f"with two or more images on both sides ({s.classes} classes in all) -> {out / 'train.json'}, "
+          f"{out / 'val.json'}", file=sys.stderr)
+    if s.left_out:
+        print(f"{s.left_out} annotation(s) name an image the file does not list and were left out",
+              file=sys.stderr)
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -524,6 +556,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset, 18 to 21 (default: 18)")
     x.set_defaults(func=run_export)
 
+    ds = sub.add_parser("dataset", help="work on a dataset: split")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True)
+    sp = dsub.add_parser("split", parents=[common],
+                         help="split a COCO instances file into train.json and val.json, by image")
+    sp.add_argument("json", metavar="COCO_JSON", help="the COCO instances file to split")
+    sp.add_argument("--val", type=float, default=0.2, metavar="FRACTION",
+                    help="share of the images for validation, between 0 and 1 (default 0.2)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random order (default 0)")
+    sp.add_argument("--out", required=True, metavar="DIR", help="folder for train.json and val.json")
+    sp.set_defaults(func=run_dataset_split)
+
     pr = sub.add_parser("presets", parents=[common], help="list the model presets usable as train --preset")
     pr.set_defaults(func=run_presets)
 
@@ -631,7 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, code = _describe(error, args.command)
         if args.debug:
             traceback.print_exc()
-        print(f"maskrcnn {args.command}: {'' if code >= EXIT_INTERRUPTED else 'error: '}{_one_line(message)}",
+        command = " ".join(filter(None, (args.command, getattr(args, "dataset_command", None))))
+        print(f"maskrcnn {command}: {'' if code >= EXIT_INTERRUPTED else 'error: '}{_one_line(message)}",
               file=sys.stderr)
         return code
 

@@ -182,7 +182,7 @@ class CocoDataset(Dataset[Sample]):
         self.image_dir = Path(image_dir)
         self.report = DatasetReport()
         self._coco: COCO | None = None
-        data = _read_json(self.json_path)
+        data = read_json(self.json_path)
         images_list, annotations = self._top_level(data)
         self._categories(data.get("categories"))
 
@@ -284,7 +284,7 @@ class CocoDataset(Dataset[Sample]):
         ``image_ids`` (the images this dataset kept) through ``COCOeval.params.imgIds``.
         """
         if self._coco is None:
-            data = _read_json(self.json_path)
+            data = read_json(self.json_path)
             data.setdefault("annotations", [])
             clean_ground_truth(data, str(self.json_path))
             coco = COCO()
@@ -536,7 +536,7 @@ class CocoDataset(Dataset[Sample]):
         return result
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """The decoded JSON of ``path``; ``DatasetError`` naming the file when it cannot be read or parsed."""
     try:
         text = path.read_bytes()
