@@ -308,6 +308,21 @@ def run_dataset_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preset_names() -> list[str]:
+    from .config import PRESETS
+
+    return list(PRESETS)
+
+
+def run_dataset_stats(args: argparse.Namespace) -> int:
+    from .config import PRESETS
+    from .data.stats import dataset_stats, format_stats
+
+    dataset = _load_dataset(args.json, args.images)
+    print(format_stats(dataset_stats(dataset, PRESETS[args.preset].model)))
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -566,6 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="seed of the random order (default 0)")
     sp.add_argument("--out", required=True, metavar="DIR", help="folder for train.json and val.json")
     sp.set_defaults(func=run_dataset_split)
+    st = dsub.add_parser("stats", parents=[common],
+                         help="images, instances per class, sizes against the anchors, problems")
+    st.add_argument("--json", required=True, metavar="FILE", help="COCO instances file")
+    st.add_argument("--images", required=True, metavar="DIR", help="folder of the file's images")
+    st.add_argument("--preset", default="r50-fpn", choices=sorted(_preset_names()),
+                    help="the model whose input size and anchors the sizes are measured against")
+    st.set_defaults(func=run_dataset_stats)
 
     pr = sub.add_parser("presets", parents=[common], help="list the model presets usable as train --preset")
     pr.set_defaults(func=run_presets)

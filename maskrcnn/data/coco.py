@@ -263,6 +263,19 @@ class CocoDataset(Dataset[Sample]):
         )
         return Sample(torch.from_numpy(array), annotations, record.image_id, record.file_name)
 
+    def boxes_and_labels(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image ``index``'s instance boxes ``(M, 4)`` XYXY, labels ``(M,)`` and crowd boxes ``(G, 4)``.
+
+        Read from the validated JSON; no image or mask is decoded.
+        """
+        record: _Record = self._records[index]
+        return record.boxes, record.labels, record.crowd_boxes
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of image ``index`` as the JSON gives it."""
+        h, w = self._sizes[index]
+        return int(h), int(w)
+
     def aspect_ratios(self) -> list[float]:
         """Width / height of each image, from the JSON (no image is decoded)."""
         return (self._sizes[:, 1] / self._sizes[:, 0]).tolist()
