@@ -323,6 +323,37 @@ def run_dataset_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_dataset_show(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data.images import ImageReadError
+    from .engine.visualize import draw_detections, picture_paths
+
+    _at_least("--max-images", args.max_images, 1)
+    dataset = _load_dataset(args.json, args.images)
+    print(dataset.report.summary().splitlines()[0], file=sys.stderr)
+    count = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
+    pictures = picture_paths(dataset.file_names[:count], args.out)
+    failed = []
+    for index in tqdm(range(count), unit="img", desc="show", disable=count < PROGRESS_MIN_IMAGES,
+                      file=sys.stderr):
+        try:
+            sample = dataset[index]
+        except (ImageReadError, ValueError) as e:
+            tqdm.write(f"skipped {e}", file=sys.stderr)
+            failed.append(dataset.file_names[index])
+            continue
+        gt = sample.annotations
+        names = [dataset.class_names[int(label)] for label in gt.labels]
+        picture = draw_detections(sample.image.numpy(), gt.boxes, names, None, gt.masks.bool())
+        pictures[index].parent.mkdir(parents=True, exist_ok=True)
+        picture.save(pictures[index])
+    print(f"{count - len(failed)} picture(s) of the ground truth -> {args.out}", file=sys.stderr)
+    if failed:
+        raise Failure(f"{len(failed)} image(s) could not be read and were skipped: {', '.join(failed)}")
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -588,6 +619,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--preset", default="r50-fpn", choices=sorted(_preset_names()),
                     help="the model whose input size and anchors the sizes are measured against")
     st.set_defaults(func=run_dataset_stats)
+    sh = dsub.add_parser("show", parents=[common],
+                         help="draw the ground truth of each image, as predict --viz draws detections")
+    sh.add_argument("--json", required=True, metavar="FILE", help="COCO instances file")
+    sh.add_argument("--images", required=True, metavar="DIR", help="folder of the file's images")
+    sh.add_argument("--out", required=True, metavar="DIR", help="folder for the pictures (PNG)")
+    sh.add_argument("--max-images", type=int, default=None, metavar="N", help="draw only the first N images")
+    sh.set_defaults(func=run_dataset_show)
 
     pr = sub.add_parser("presets", parents=[common], help="list the model presets usable as train --preset")
     pr.set_defaults(func=run_presets)

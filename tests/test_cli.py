@@ -275,3 +275,22 @@ def test_python_dash_m_maskrcnn(weights: Path, tmp_path: Path) -> None:
                           "--weights", str(weights)], capture_output=True, text=True)
     assert run.returncode == 1
     error_line(run.stderr, "nothing")
+
+
+def test_dataset_show_draws_every_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``dataset show``: one picture per image, the ground truth drawn (not the bare image), labels only."""
+    from maskrcnn.data.synthetic import make_demo_dataset
+
+    _, _, val_json, val_dir = make_demo_dataset(tmp_path / "data", train_images=1, val_images=3, seed=2)
+    out = tmp_path / "show"
+    command = ["dataset", "show", "--json", str(val_json), "--images", str(val_dir), "--out", str(out)]
+    assert main(command) == 0
+    pictures = sorted(out.glob("*.png"))
+    assert len(pictures) == 3
+    for picture in pictures:
+        drawn = np.asarray(Image.open(picture).convert("RGB"))
+        original = np.asarray(Image.open(val_dir / picture.name).convert("RGB"))
+        assert drawn.shape == original.shape and (drawn != original).any()
+    assert "3 picture(s)" in capsys.readouterr().err
+    assert main([*command, "--max-images", "0"]) == 2
+    error_line(capsys.readouterr().err, "--max-images")

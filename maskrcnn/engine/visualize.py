@@ -111,7 +111,7 @@ def draw_detections(
     image: np.ndarray,
     boxes: np.ndarray | torch.Tensor,
     labels: Sequence[str],
-    scores: np.ndarray | torch.Tensor,
+    scores: np.ndarray | torch.Tensor | None,
     masks: np.ndarray | torch.Tensor | None = None,
     keypoints: np.ndarray | torch.Tensor | None = None,
     skeleton: Sequence[tuple[int, int]] | None = None,
@@ -120,7 +120,8 @@ def draw_detections(
     """Draw detections on a copy of ``image`` and return it as an RGB PIL image.
 
     ``image (H, W, 3)`` uint8 RGB (not modified); ``boxes (D, 4)`` XYXY
-    pixels; ``labels`` ``D`` class names; ``scores (D,)``; ``masks (D, H, W)``
+    pixels; ``labels`` ``D`` class names; ``scores (D,)`` (None for ground
+    truth: labels without scores, colours in the given order); ``masks (D, H, W)``
     full-image masks (bool, or probabilities thresholded at 0.5);
     ``keypoints (D, P, 3)`` as ``(x, y, score)``, all drawn whatever their
     score; ``skeleton`` pairs of keypoint indices (0-based) to join with
@@ -133,8 +134,8 @@ def draw_detections(
         raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
     height, width = image.shape[:2]
     boxes_np = to_numpy(boxes).astype(np.float64).reshape(-1, 4)
-    scores_np = to_numpy(scores).astype(np.float64).reshape(-1)
     count = boxes_np.shape[0]
+    scores_np = np.zeros(count) if scores is None else to_numpy(scores).astype(np.float64).reshape(-1)
     if scores_np.shape[0] != count or len(labels) != count:
         raise ValueError(
             f"inconsistent counts: {count} boxes, {scores_np.shape[0]} scores, {len(labels)} labels"
@@ -175,7 +176,8 @@ def draw_detections(
 
     font = _font(max(_MIN_FONT_SIZE, round(_FONT_SIZE_PER_PIXEL * scale)))
     for i in draw_order:
-        _draw_label(draw, f"{labels[i]} {scores_np[i]:.2f}", boxes_np[i], colors[i], font, (height, width))
+        text = labels[i] if scores is None else f"{labels[i]} {scores_np[i]:.2f}"
+        _draw_label(draw, text, boxes_np[i], colors[i], font, (height, width))
     return result
 
 
