@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import shlex
 import signal
 import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 
 from .config import ModelConfig
@@ -239,28 +243,24 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .engine.evaluate import evaluate, format_table, load_ground_truth
+    from .engine.evaluate import evaluate, format_table
     from .engine.results import write_json_atomic
 
     _check_model_arguments(args)
     _at_least("--max-images", args.max_images, 1)
-    image_dir = Path(args.images)
-    if not image_dir.is_dir():
-        raise Failure(f"{image_dir}: no such image directory (--images)")
-    try:
-        gt = load_ground_truth(args.json)
-    except FileNotFoundError as e:
-        raise Failure(f"{e} (--json)") from e
-    except ValueError as e:
-        raise Failure(f"{e}; give a COCO instances file") from e
-    entries = gt.dataset["images"][: args.max_images]
+    converted = _read_source(args.json, args.images, args, role="val", flag="--json")
+    image_dir = converted.image_dir
+    entries = converted.coco.get("images")
+    entries = entries[: args.max_images] if isinstance(entries, list) else []
     if not entries:
         raise Failure(f"{args.json}: lists no images; nothing to evaluate")
-    names = [str(entry.get("file_name", "")) for entry in entries]
+    names = [str(entry.get("file_name", "")) if isinstance(entry, dict) else "" for entry in entries]
     if not any((image_dir / name).is_file() for name in names if name):
         raise Failure(f"{image_dir}: none of the {len(names)} image(s) that {args.json} lists is in this "
                       f"folder (e.g. {names[0] or '?'}); give the folder they are in as --images")
     predictor = _load_predictor(args)
+    config = predictor.config
+    _, gt = _ground_truth(converted, config.class_names, config.category_ids, "--json")
 
     metrics, results = evaluate(predictor, gt, image_dir, batch_size=args.batch_size,
                                 max_images=args.max_images)
@@ -289,8 +289,15 @@ def run_dataset_split(args: argparse.Namespace) -> int:
     if not 0.0 < args.val < 1.0:
         raise UsageError(f"--val {args.val:g}: give the validation share as a fraction between 0 and 1")
     source = Path(args.json)
+    fmt = args.data_format if args.data_format != "auto" else _detected(source)
+    converted = None
+    if fmt not in ("coco", None):  # another format: converted first (a COCO file is split as it is)
+        converted = _read_source(args.json, args.images, args)
+        if converted.report.total:
+            print(converted.report.summary(), file=sys.stderr)
     try:
-        train, val, summary = split_coco(read_json(source), args.val, args.seed)
+        data = read_json(source) if converted is None else converted.coco
+        train, val, summary = split_coco(data, args.val, args.seed)
     except DatasetError as e:
         message = str(e)
         raise Failure(message if message.startswith(str(source)) else f"{source}: {message}") from e
@@ -305,6 +312,77 @@ def run_dataset_split(args: argparse.Namespace) -> int:
     if s.left_out:
         print(f"{s.left_out} annotation(s) name an image the file does not list and were left out",
               file=sys.stderr)
+    if converted is not None:
+        print(f"file_name is relative to {converted.image_dir}: train with --train-images "
+              f"{_quoted(converted.image_dir)}", file=sys.stderr)
+    return 0
+
+
+def _quoted(path: Any) -> str:
+    """A path as a shell word, for the commands this program suggests."""
+    return shlex.quote(str(path))
+
+
+def _detected(path: Path) -> str | None:
+    """The detected format of ``path``, None when none fits (the reader then says why)."""
+    from .data.formats import DatasetError, detect_format
+
+    try:
+        return detect_format(path)
+    except DatasetError:
+        return None
+
+
+def run_dataset_convert(args: argparse.Namespace) -> int:
+    """``maskrcnn dataset convert``: any known format -> COCO JSON (or ``--to`` another format)."""
+    from .data.formats import WRITABLE, DatasetError, write_coco, write_source
+    from .data.validation import clean_ground_truth
+
+    if args.to != "coco" and args.to not in WRITABLE:
+        raise UsageError(f"--to {args.to}: not one of coco, {', '.join(WRITABLE)}")
+    out = Path(args.out)
+    if args.to == "coco" and out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give the COCO JSON file to write")
+    converted = _read_source(args.source, args.images, args)
+    if converted.format == "coco" and args.to == "coco":
+        raise UsageError(f"{args.source}: is already COCO JSON; give --to to write another format")
+    if converted.format == "coco":
+        # Written as the COCO reader would read it: annotations it cannot use left out, counted.
+        try:
+            skipped = clean_ground_truth(converted.coco, str(converted.source))
+        except DatasetError as e:
+            raise Failure(str(e)) from e
+        for why, count in sorted(skipped.items()):
+            print(f"{converted.source}: {count} annotation(s) left out: {why}", file=sys.stderr)
+    else:
+        print(converted.report.summary(), file=sys.stderr)
+    classes = [c.get("name") for c in converted.coco.get("categories", []) if isinstance(c, dict)]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            if args.to == "coco":
+                write_coco(converted, out)
+                written = out
+            else:
+                written = write_source(converted.coco, converted.image_dir, args.to, out)
+    except DatasetError as e:
+        raise Failure(str(e)) from e
+    except OSError as e:
+        raise Failure(f"{out}: cannot be written: {e.strerror or e}") from e
+    for warning in caught:  # what the format cannot hold, one line each
+        print(f"warning: {_one_line(str(warning.message))}", file=sys.stderr)
+    images = len(converted.coco.get("images", []))
+    instances = len(converted.coco.get("annotations", []))
+    print(f"{converted.format} -> {args.to}: {images} image(s), {instances} instance(s), {len(classes)} "
+          f"class(es) ({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''}) "
+          f"-> {written}",
+          file=sys.stderr)
+    if args.to == "coco":
+        print(f"file_name is relative to {converted.image_dir}: train with --train {_quoted(written)} "
+              f"--train-images {_quoted(converted.image_dir)}", file=sys.stderr)
+    elif args.to == "cvat":
+        print(f"CVAT names the images by file name and they were not copied: read it with --images "
+              f"{_quoted(converted.image_dir)}", file=sys.stderr)
     return 0
 
 
@@ -318,19 +396,39 @@ def run_dataset_stats(args: argparse.Namespace) -> int:
     from .config import PRESETS
     from .data.stats import dataset_stats, format_stats
 
-    dataset = _load_dataset(args.json, args.images)
+    dataset = _load_dataset(args.data, args.images, args)
     print(format_stats(dataset_stats(dataset, PRESETS[args.preset].model)))
     return 0
+
+
+def _ground_truth_picture(sample: Any, class_names: Sequence[str]) -> Any:
+    """One image's instances (masks, boxes, class names, labelled keypoints) and crowd regions
+    (boxes named "crowd (ignored)") drawn as ``predict --viz`` draws detections."""
+    from .engine.visualize import draw_detections
+
+    gt = sample.annotations
+    image = sample.image.numpy()
+    height, width = image.shape[:2]
+    crowd = gt.crowd_boxes.numpy().reshape(-1, 4)
+    names = [class_names[int(label)] for label in gt.labels] + ["crowd (ignored)"] * len(crowd)
+    boxes = np.concatenate([gt.boxes.numpy().reshape(-1, 4), crowd])
+    masks = np.concatenate([gt.masks.bool().numpy(), np.zeros((len(crowd), height, width), bool)])
+    keypoints = None
+    if gt.keypoints is not None and gt.keypoints.numel():
+        points = gt.keypoints.numpy().astype(np.float64).copy()
+        points[points[..., 2] <= 0, :2] = np.nan  # not labelled: not drawn
+        keypoints = np.concatenate([points, np.full((len(crowd), points.shape[1], 3), np.nan)])
+    return draw_detections(image, boxes, names, None, masks, keypoints)
 
 
 def run_dataset_show(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .data.images import ImageReadError
-    from .engine.visualize import draw_detections, picture_paths
+    from .engine.visualize import picture_paths
 
     _at_least("--max-images", args.max_images, 1)
-    dataset = _load_dataset(args.json, args.images)
+    dataset = _load_dataset(args.data, args.images, args)
     print(dataset.report.summary().splitlines()[0], file=sys.stderr)
     count = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
     pictures = picture_paths(dataset.file_names[:count], args.out)
@@ -343,9 +441,7 @@ def run_dataset_show(args: argparse.Namespace) -> int:
             tqdm.write(f"skipped {e}", file=sys.stderr)
             failed.append(dataset.file_names[index])
             continue
-        gt = sample.annotations
-        names = [dataset.class_names[int(label)] for label in gt.labels]
-        picture = draw_detections(sample.image.numpy(), gt.boxes, names, None, gt.masks.bool())
+        picture = _ground_truth_picture(sample, dataset.class_names)
         pictures[index].parent.mkdir(parents=True, exist_ok=True)
         picture.save(pictures[index])
     print(f"{count - len(failed)} picture(s) of the ground truth -> {args.out}", file=sys.stderr)
@@ -357,15 +453,37 @@ def run_dataset_show(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- train
 
 
+def _add_source_arguments(p: argparse.ArgumentParser, *, format_flag: str = "--format",
+                          split: bool = True) -> None:
+    """Flags that say how to read an annotated dataset in any format."""
+    from .data.formats import FORMATS
+
+    p.add_argument(format_flag, dest="data_format", default="auto", choices=("auto", *FORMATS),
+                   help="annotation format (default: detected from the path)")
+    p.add_argument("--class-attribute", metavar="NAME",
+                   help="VIA: the region attribute that holds the class (default: the only one, or one "
+                        "named class/label/name/category/type)")
+    if split:
+        p.add_argument("--split", metavar="NAME",
+                       help="YOLO data.yaml key (train, val, test) or VOC ImageSets/Segmentation list "
+                            "to read")
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``maskrcnn train``."""
     from .config import PRESETS
 
-    p.add_argument("--train-json", required=True, metavar="JSON",
-                   help="COCO instances JSON of the training set")
-    p.add_argument("--train-images", required=True, metavar="DIR", help="folder of the training images")
-    p.add_argument("--val-json", metavar="JSON", help="COCO instances JSON of a validation set")
-    p.add_argument("--val-images", metavar="DIR", help="folder of the validation images")
+    p.add_argument("--train", "--train-json", dest="train_json", required=True, metavar="DATA",
+                   help="training annotations: COCO JSON, LabelMe folder, VIA JSON, YOLO data.yaml or "
+                        "folder, "
+                        "CVAT XML, VOC folder or instance-PNG class file (format detected from the path)")
+    p.add_argument("--train-images", metavar="DIR",
+                   help="folder of the training images (default: where the annotations say)")
+    p.add_argument("--val", "--val-json", dest="val_json", metavar="DATA",
+                   help="validation annotations, any format --train takes (a data.yaml's 'val' split)")
+    p.add_argument("--val-images", metavar="DIR",
+                   help="folder of the validation images (default: as --train)")
+    _add_source_arguments(p, format_flag="--data-format", split=False)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (checkpoints, logs, model_final)")
     p.add_argument("--preset", default="r50-fpn", choices=sorted(PRESETS), help="architecture and schedule")
@@ -384,43 +502,121 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
-def _load_dataset(json_path: str, image_dir: str) -> Any:
-    from .data.coco import CocoDataset, DatasetError
+def _read_source(path: str, images: str | None, args: argparse.Namespace, *, role: str | None = None,
+                 flag: str = "") -> Any:
+    """Read an annotated dataset in any format (``--data-format``, ``--class-attribute``, ``--split``)
+    into a ``Converted`` COCO dict; a user's mistake becomes a one-line ``Failure``.
 
+    ``role`` (``"train"`` or ``"val"``): the split a YOLO or VOC source gives when ``--split``
+    does not say (``train --train`` and ``--val``, ``evaluate``); other commands read the source whole.
+    """
+    from .data.formats import DatasetError, default_split, detect_format, read_source
+
+    fmt = getattr(args, "data_format", "auto")
+    where = f" ({flag})" if flag else ""
     try:
-        return CocoDataset(json_path, image_dir)
+        if images is not None and not Path(images).is_dir():
+            raise DatasetError(f"{images}: no such image directory")
+        fmt = detect_format(path) if fmt == "auto" else fmt
+        split = getattr(args, "split", None) or (default_split(path, fmt, role) if role else None)
+        return read_source(path, format=fmt, images=images, split=split,
+                           class_attribute=getattr(args, "class_attribute", None))
+    except DatasetError as e:
+        raise Failure(f"{e}{where}") from e
+    except OSError as e:
+        raise Failure(f"{path}: cannot be read: {e.strerror or e}{where}") from e
+
+
+def _load_dataset(path: str, images: str | None, args: argparse.Namespace | None = None, *,
+                  role: str | None = None, flag: str = "") -> Any:
+    """A ``CocoDataset`` over a dataset in any format (see ``_read_source``)."""
+    from .data.formats import DatasetError, dataset_of
+
+    converted = _read_source(path, images, args or argparse.Namespace(), role=role, flag=flag)
+    try:
+        return dataset_of(converted)
     except DatasetError as e:
         raise Failure(str(e)) from e
-    except UnicodeDecodeError as e:
-        raise Failure(f"{json_path}: not a text (JSON) file; give a COCO instances file") from e
-    except ValueError as e:  # json.JSONDecodeError and other problems of the file's structure
-        raise Failure(f"{json_path}: not a COCO instances file ({e}); check the file") from e
-    except (KeyError, TypeError, AttributeError, IndexError) as e:
-        raise Failure(f"{json_path}: not a COCO instances file ({type(e).__name__}: {e}); "
-                      "expected an object with 'images', 'annotations' and 'categories' lists") from e
+
+
+def _ground_truth(converted: Any, class_names: Sequence[str], category_ids: Sequence[int], flag: str,
+                  verbose: bool = True) -> tuple[dict[str, Any] | None, Any]:
+    """A source's ground truth for scoring a model: ``(data, COCO)``, its classes numbered as the model's.
+
+    A converted source numbers its classes itself, and two COCO files made
+    apart (a training and a validation folder, one lacking a class) can
+    number them differently: where a class name of the model is in the
+    source under another id, the source takes the model's ids, by name
+    (``align_categories``). ``data`` is the instances dict when it differs
+    from the file on disk (converted or renumbered), None otherwise.
+    """
+    from .data.formats import align_categories, categories_differ
+    from .engine.evaluate import ground_truth_from_dict, load_ground_truth
+
+    if converted.format == "coco":
+        try:
+            gt = load_ground_truth(converted.source)
+        except FileNotFoundError as e:
+            raise Failure(f"{e} ({flag})") from e
+        except ValueError as e:
+            raise Failure(f"{e}; give a COCO instances file ({flag})") from e
+        if not categories_differ(gt.dataset, class_names, category_ids):
+            return None, gt
+        if verbose:
+            print(f"note: {converted.source} numbers some of the model's classes differently; they are "
+                  f"matched by name", file=sys.stderr)
+        data = gt.dataset
+    else:
+        if converted.report.total and verbose:
+            print(f"{flag} {converted.source}: {converted.report.summary()}", file=sys.stderr)
+        data = converted.coco
+    if class_names:
+        align_categories(data, class_names, category_ids or tuple(range(1, len(class_names) + 1)))
+    elif verbose:
+        print("warning: the model has no class names; its category ids are taken to be the "
+              "annotations' own (1..K in the source's class order)", file=sys.stderr)
+    try:
+        gt = ground_truth_from_dict(copy.deepcopy(data), str(converted.source))
+    except ValueError as e:
+        raise Failure(f"{e} ({flag})") from e
+    return data, gt
+
+
+def _validation_set(args: argparse.Namespace, dataset: Any, verbose: bool) -> Any:
+    """``--val`` (any format) as a ``ValidationSet``, its classes numbered as the training set's."""
+    from .engine.train import ValidationSet
+
+    converted = _read_source(args.val_json, args.val_images, args, role="val", flag="--val")
+    data, _ = _ground_truth(converted, dataset.class_names, dataset.category_ids, "--val", verbose)
+    return ValidationSet(converted.source, converted.image_dir, data=data)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """``maskrcnn train``: returns the exit status."""
     from . import dist as mdist
     from .engine.configure import configure
-    from .engine.train import FINAL_MODEL, LAST_CHECKPOINT, Trainer, ValidationSet
+    from .engine.train import FINAL_MODEL, LAST_CHECKPOINT, Trainer
 
     # The command line first: nothing is read before it is known to be usable.
-    if (args.val_json is None) != (args.val_images is None):
-        raise UsageError("--val-json and --val-images go together; give both or neither")
+    if args.val_images is not None and args.val_json is None:
+        raise UsageError("--val-images needs --val (the validation annotations)")
     _at_least("--batch-size", args.batch_size, 1)
     _at_least("--iterations", args.iterations, 1)
     for size in args.min_size or ():
         _at_least("--min-size", size, 1)
     _at_least("--max-size", args.max_size, 1)
     _device(args.device)
-    inputs = (("--train-json", args.train_json, False), ("--train-images", args.train_images, True),
-              ("--val-json", args.val_json, False), ("--val-images", args.val_images, True),
+    inputs = (("--train", args.train_json, None), ("--train-images", args.train_images, True),
+              ("--val", args.val_json, None), ("--val-images", args.val_images, True),
               ("--weights", args.weights, False))
     for flag, path, folder in inputs:
-        if path is not None and not (Path(path).is_dir() if folder else Path(path).is_file()):
-            raise Failure(f"{path}: no such {'folder' if folder else 'file'} ({flag})")
+        if path is None:
+            continue
+        kind = Path.exists if folder is None else Path.is_dir if folder else Path.is_file
+        found = kind(Path(path))
+        if not found:
+            what = "file or folder" if folder is None else "folder" if folder else "file"
+            raise Failure(f"{path}: no such {what} ({flag})")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file; give a folder for the run's outputs")
@@ -430,19 +626,16 @@ def run_train(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size % world:
         raise UsageError(f"--batch-size {args.batch_size} does not split over {world} processes")
     rank0 = mdist.rank() == 0
-    dataset = _load_dataset(args.train_json, args.train_images)
+    dataset = _load_dataset(args.train_json, args.train_images, args, role="train", flag="--train")
     if rank0:
         print(dataset.report.summary(), file=sys.stderr)
     if len(dataset) == 0:
         raise Failure(f"{args.train_json}: no usable training image (see the problems above); "
-                      f"check the annotations and that --train-images {args.train_images} holds the images")
+                      f"check the annotations and that {dataset.image_dir} holds the images (--train-images)")
+    validation = None
     if args.val_json:
-        from .engine.evaluate import load_ground_truth
-
-        try:  # now, rather than at the first validation, hours later
-            load_ground_truth(args.val_json)
-        except ValueError as e:
-            raise Failure(f"{e}; give a COCO instances file (--val-json)") from e
+        # Read and checked now, rather than at the first validation, hours later.
+        validation = _validation_set(args, dataset, rank0)
     try:
         cfg, solver = configure(dataset, preset=args.preset, batch_size=args.batch_size,
                                 iterations=args.iterations, min_sizes=args.min_size or (),
@@ -458,7 +651,6 @@ def run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"the batch size {solver.batch_size} does not split over {world} processes; "
                          "give --batch-size")
 
-    validation = ValidationSet(Path(args.val_json), Path(args.val_images)) if args.val_json else None
     trainer = Trainer(model_cfg=cfg, solver=solver, dataset=dataset, out_dir=out,
                       validation=validation, init_weights=Path(args.weights) if args.weights else None,
                       device=args.device)
@@ -582,9 +774,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", parents=[common],
                        help="COCO box, mask and keypoint AP on an annotated image set")
-    e.add_argument("--json", required=True, metavar="FILE", help="COCO annotation file (instances format)")
-    e.add_argument("--images", required=True, metavar="DIR",
-                   help="directory holding the annotation file's images (by their file_name)")
+    e.add_argument("--json", "--data", dest="json", required=True, metavar="DATA",
+                   help="the annotations: COCO JSON or any format `dataset convert` reads (detected)")
+    e.add_argument("--images", metavar="DIR",
+                   help="folder holding the annotations' images (default: where the annotations say)")
+    _add_source_arguments(e, format_flag="--data-format")
     add_model_arguments(e)
     e.add_argument("--out", default="metrics.json", metavar="JSON",
                    help="metrics file to write, AP on the 0-1 scale (default: metrics.json)")
@@ -602,11 +796,27 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset, 18 to 21 (default: 18)")
     x.set_defaults(func=run_export)
 
-    ds = sub.add_parser("dataset", help="work on a dataset: split")
+    ds = sub.add_parser("dataset", help="work on a dataset: convert, stats, show, split")
     dsub = ds.add_subparsers(dest="dataset_command", required=True)
+    cv = dsub.add_parser("convert", parents=[common],
+                         help="LabelMe, VIA, YOLO-seg, CVAT, VOC or instance PNGs -> COCO JSON (or back)")
+    cv.add_argument("source", metavar="SRC", help="the annotations: a file or folder in any known format")
+    _add_source_arguments(cv)
+    cv.add_argument("--images", metavar="DIR",
+                    help="folder of the images; file_name is written relative to it (default: the source's "
+                         "own folder)")
+    cv.add_argument("--out", required=True, metavar="PATH",
+                    help="the COCO JSON file to write (with --to: that format's file or folder)")
+    cv.add_argument("--to", default="coco", metavar="FORMAT",
+                    help="write this format instead of COCO JSON: labelme, via, yolo, cvat or voc")
+    cv.set_defaults(func=run_dataset_convert)
     sp = dsub.add_parser("split", parents=[common],
-                         help="split a COCO instances file into train.json and val.json, by image")
-    sp.add_argument("json", metavar="COCO_JSON", help="the COCO instances file to split")
+                         help="split a dataset into COCO train.json and val.json, by image")
+    sp.add_argument("json", metavar="DATA",
+                    help="the annotations to split (COCO JSON or any format convert reads)")
+    sp.add_argument("--images", metavar="DIR",
+                    help="folder of the images, for a source other than COCO (default: where it says)")
+    _add_source_arguments(sp)
     sp.add_argument("--val", type=float, default=0.2, metavar="FRACTION",
                     help="share of the images for validation, between 0 and 1 (default 0.2)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the random order (default 0)")
@@ -614,15 +824,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=run_dataset_split)
     st = dsub.add_parser("stats", parents=[common],
                          help="images, instances per class, sizes against the anchors, problems")
-    st.add_argument("--json", required=True, metavar="FILE", help="COCO instances file")
-    st.add_argument("--images", required=True, metavar="DIR", help="folder of the file's images")
+    st.add_argument("data", metavar="DATA", help="the annotations, in any format convert reads")
+    st.add_argument("--images", metavar="DIR",
+                    help="folder of the images (default: where the annotations say)")
+    _add_source_arguments(st)
     st.add_argument("--preset", default="r50-fpn", choices=sorted(_preset_names()),
                     help="the model whose input size and anchors the sizes are measured against")
     st.set_defaults(func=run_dataset_stats)
     sh = dsub.add_parser("show", parents=[common],
                          help="draw the ground truth of each image, as predict --viz draws detections")
-    sh.add_argument("--json", required=True, metavar="FILE", help="COCO instances file")
-    sh.add_argument("--images", required=True, metavar="DIR", help="folder of the file's images")
+    sh.add_argument("data", metavar="DATA", help="the annotations, in any format convert reads")
+    sh.add_argument("--images", metavar="DIR",
+                    help="folder of the images (default: where the annotations say)")
+    _add_source_arguments(sh)
     sh.add_argument("--out", required=True, metavar="DIR", help="folder for the pictures (PNG)")
     sh.add_argument("--max-images", type=int, default=None, metavar="N", help="draw only the first N images")
     sh.set_defaults(func=run_dataset_show)

@@ -283,7 +283,7 @@ def test_dataset_show_draws_every_image(tmp_path: Path, capsys: pytest.CaptureFi
 
     _, _, val_json, val_dir = make_demo_dataset(tmp_path / "data", train_images=1, val_images=3, seed=2)
     out = tmp_path / "show"
-    command = ["dataset", "show", "--json", str(val_json), "--images", str(val_dir), "--out", str(out)]
+    command = ["dataset", "show", str(val_json), "--images", str(val_dir), "--out", str(out)]
     assert main(command) == 0
     pictures = sorted(out.glob("*.png"))
     assert len(pictures) == 3
@@ -294,3 +294,28 @@ def test_dataset_show_draws_every_image(tmp_path: Path, capsys: pytest.CaptureFi
     assert "3 picture(s)" in capsys.readouterr().err
     assert main([*command, "--max-images", "0"]) == 2
     error_line(capsys.readouterr().err, "--max-images")
+
+
+def test_dataset_show_draws_crowd_regions_and_only_labelled_keypoints(tmp_path: Path) -> None:
+    """A crowd region is drawn as a box of its own; an unlabelled keypoint (0, 0, 0) leaves its place bare."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((60, 80, 3), 40, np.uint8)).save(images / "a.png")
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 60, "width": 80}],
+        "categories": [{"id": 1, "name": "person", "keypoints": ["nose", "eye"]}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 20, 30, 30], "iscrowd": 0,
+             "segmentation": [[20, 20, 50, 20, 50, 50, 20, 50]], "keypoints": [30, 30, 2, 0, 0, 0],
+             "num_keypoints": 1},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [60, 5, 15, 15], "iscrowd": 1,
+             "segmentation": [[60, 5, 75, 5, 75, 20, 60, 20]]},
+        ],
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(data))
+    assert main(["dataset", "show", str(path), "--images", str(images), "--out", str(tmp_path / "show")]) == 0
+    drawn = np.asarray(Image.open(tmp_path / "show" / "a.png").convert("RGB")).astype(int)
+    assert (drawn[5:21, 60] != 40).any()  # the crowd box's left edge
+    assert (drawn[30, 30] == 255).all()  # the labelled nose: a white dot
+    assert (drawn[0:3, 0:3] == 40).all()  # nothing drawn for the unlabelled eye at (0, 0)

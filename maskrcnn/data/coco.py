@@ -167,7 +167,11 @@ class CocoDataset(Dataset[Sample]):
 
     ``json_path`` is the instances file, ``image_dir`` the folder that
     ``file_name`` is relative to. See the module docstring for the
-    conventions, the validation and ``check_sizes``.
+    conventions, the validation and ``check_sizes``. ``data``: the decoded
+    instances dict when it is already in memory (a source converted by
+    :mod:`maskrcnn.data.formats`; ``json_path`` then only names it in
+    messages); ``report``: a report to add this dataset's problems to (the
+    conversion's own).
     """
 
     def __init__(
@@ -177,12 +181,21 @@ class CocoDataset(Dataset[Sample]):
         *,
         check_sizes: bool = True,
         drop_empty: bool = False,
+        data: dict[str, Any] | None = None,
+        report: DatasetReport | None = None,
     ) -> None:
         self.json_path = Path(json_path)
         self.image_dir = Path(image_dir)
-        self.report = DatasetReport()
+        self.report = report if report is not None else DatasetReport()
+        # The totals are of what this dataset keeps: counted again below.
+        self.report.num_images = self.report.num_instances = self.report.num_crowd = 0
+        self.report.num_negatives = 0
         self._coco: COCO | None = None
-        data = read_json(self.json_path)
+        # A dict given in memory (a converted LabelMe, VIA... source) is kept as JSON bytes in one
+        # buffer, for ``coco`` (and so that forked workers do not touch its reference counts).
+        self._json_bytes = None if data is None else np.frombuffer(json.dumps(data).encode(), dtype=np.uint8)
+        if data is None:
+            data = read_json(self.json_path)
         images_list, annotations = self._top_level(data)
         self._categories(data.get("categories"))
 
@@ -297,7 +310,10 @@ class CocoDataset(Dataset[Sample]):
         ``image_ids`` (the images this dataset kept) through ``COCOeval.params.imgIds``.
         """
         if self._coco is None:
-            data = read_json(self.json_path)
+            if self._json_bytes is None:
+                data = read_json(self.json_path)
+            else:
+                data = json.loads(self._json_bytes.tobytes())
             data.setdefault("annotations", [])
             clean_ground_truth(data, str(self.json_path))
             coco = COCO()

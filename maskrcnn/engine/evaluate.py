@@ -103,6 +103,13 @@ def load_ground_truth(path: str | os.PathLike[str]) -> COCO:
             data = json.load(handle)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DatasetError(f"{path}: not a JSON file: {str(exc).splitlines()[0]}") from None
+    return ground_truth_from_dict(data, str(path))
+
+
+def ground_truth_from_dict(data: Any, source: str) -> COCO:
+    """:func:`load_ground_truth` for an instances dict already in memory (modified in place);
+    ``source`` names it in messages."""
+    path = source
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a COCO annotation object, got a JSON {type(data).__name__}")
     missing = [key for key in ("images", "categories") if not isinstance(data.get(key), list)]

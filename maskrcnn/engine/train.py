@@ -26,6 +26,7 @@ it fits the model (same classes, same tensor names and shapes).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -73,10 +74,23 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass
 class ValidationSet:
-    """A COCO-format validation set: the instances JSON and its image folder."""
+    """A validation set: the instances JSON and its image folder.
+
+    ``data``: the instances dict when it was converted from another format
+    (``json_path`` then names the source); it is copied for each validation.
+    """
 
     json_path: Path
     image_dir: Path
+    data: dict[str, Any] | None = None
+
+    def ground_truth(self) -> Any:
+        """The ground truth as ``evaluate`` takes it: a ``COCO`` object, or the JSON file's path."""
+        if self.data is None:
+            return self.json_path
+        from .evaluate import ground_truth_from_dict
+
+        return ground_truth_from_dict(copy.deepcopy(self.data), str(self.json_path))
 
 
 def _batch(images: list[Tensor], targets: list[Targets], cfg: ModelConfig, device: torch.device
@@ -371,7 +385,7 @@ class Trainer:
             from .predict import Predictor
 
             predictor = Predictor(self.model, self.cfg, device=self.device)
-            metrics, _ = evaluate(predictor, self.validation.json_path, self.validation.image_dir,
+            metrics, _ = evaluate(predictor, self.validation.ground_truth(), self.validation.image_dir,
                                   progress=self.progress)
             flat = {f"{kind}/{k}": v for kind in ("bbox", "segm") for k, v in metrics.get(kind, {}).items()}
             self._log({"iteration": self.iteration, **flat})

@@ -124,7 +124,7 @@ def draw_detections(
     truth: labels without scores, colours in the given order); ``masks (D, H, W)``
     full-image masks (bool, or probabilities thresholded at 0.5);
     ``keypoints (D, P, 3)`` as ``(x, y, score)``, all drawn whatever their
-    score; ``skeleton`` pairs of keypoint indices (0-based) to join with
+    score except those with a NaN coordinate; ``skeleton`` pairs of keypoint indices (0-based) to join with
     lines. Detections with ``score < score_threshold`` are left out; the
     colours go to the remaining ones in descending score order, so the best
     detection is always red. With nothing to draw the result equals the input.
@@ -219,11 +219,12 @@ def _draw_keypoints(
 
     White centres stay visible on the mask, which has the same hue as the lines.
     """
+    drawn = np.isfinite(points[:, :2]).all(axis=1)  # NaN: a keypoint not labelled (ground truth)
     for a, b in skeleton:
-        if a < len(points) and b < len(points):
+        if a < len(points) and b < len(points) and drawn[a] and drawn[b]:
             draw.line([tuple(points[a, :2]), tuple(points[b, :2])], fill=color, width=line_width)
     radius = 2 * line_width + 1
-    for x, y, _ in points.tolist():
+    for x, y, _ in points[drawn].tolist():
         draw.ellipse(
             [x - radius, y - radius, x + radius, y + radius],
             fill=(255, 255, 255),

@@ -81,11 +81,11 @@ def test_sizes_are_measured_after_the_models_resize(tmp_path: Path) -> None:
 
 def test_command_prints_classes_and_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, images = _write(tmp_path)
-    assert main(["dataset", "stats", "--json", str(path), "--images", str(images)]) == 0
+    assert main(["dataset", "stats", str(path), "--images", str(images)]) == 0
     out = capsys.readouterr().out
     assert "kind4" in out and "(no instance)" in out
     assert "problems skipped" in out
     broken = tmp_path / "broken.json"
     broken.write_text("[1, 2")
-    assert main(["dataset", "stats", "--json", str(broken), "--images", str(images)]) == 1
+    assert main(["dataset", "stats", str(broken), "--images", str(images)]) == 1
     error_line(capsys.readouterr().err, str(broken))
