@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --constraint constraints.txt
 
-.PHONY: demo test lint bench clean peer-venv
+.PHONY: demo test lint bench clean peer-venv browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,26 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/maskrcnn demo --out demo_output
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The web page's test (tests/serve/test_browser.py) drives headless Chromium through chromedriver.
+# A missing browser is installed where apt-get is usable (as root, or by sudo without a password);
+# elsewhere, or when the install fails, a note is printed and that test skips.
+APT_GET := $(shell if [ "$$(id -u)" = 0 ]; then echo apt-get; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then echo "sudo -n apt-get"; fi)
+
+browser:
+	@if command -v chromedriver >/dev/null 2>&1 && \
+	    { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then :; \
+	elif [ -n "$(APT_GET)" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver for the web page's test"; \
+	    { $(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq chromium chromium-driver; } \
+	        || echo "note: installing chromium failed; the web page's test will be skipped"; \
+	else \
+	    echo "note: chromium and chromedriver are missing and apt-get is not usable here;" \
+	         "the web page's test will be skipped (install chromium and chromium-driver to run it)"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check maskrcnn tests benchmarks

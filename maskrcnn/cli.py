@@ -35,6 +35,9 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
+from .engine.flags import device_problem, unit_interval
+from .engine.tiles import add_tile_arguments, check_tile_arguments, tiled_predictor
+from .serve.command import add_serve_parser
 
 # Fewer images than this run without a progress bar.
 PROGRESS_MIN_IMAGES = 4
@@ -69,31 +72,10 @@ def _at_least(flag: str, value: int | None, minimum: int) -> None:
 
 def _device(name: str | None) -> str | None:
     """A ``--device`` value that this machine can run on (None: the default)."""
-    if name is None:
-        return None
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name}: use cpu, cuda or cuda:N")
+    problem = None if name is None else device_problem(name)
+    if problem:
+        raise UsageError(problem)
     return name
-
-
-def _unit_interval(text: str) -> float:
-    """argparse type of ``--score-threshold``: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
-    return value
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,7 +87,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default=None,
                    help="what runs the model (default: torch for checkpoints, onnxruntime for .onnx files)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per forward pass")
-    p.add_argument("--score-threshold", type=_unit_interval, default=None, metavar="T",
+    p.add_argument("--score-threshold", type=unit_interval, default=None, metavar="T",
                    help="keep detections scoring above T, any T in [0, 1] (default: the model's own, 0.05)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
@@ -180,20 +162,25 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from .data.images import collect_images
-    from .engine.results import to_coco_results, write_json_atomic
+    from .engine.video import VIDEO_EXTENSIONS, ResultsWriter, is_video, run_video_prediction
     from .engine.visualize import draw_detections, picture_paths
 
     _check_model_arguments(args)
+    _at_least("--every", args.every, 1)
+    _check_tile_arguments(args)
     try:
-        items = collect_images(args.images)
+        items = collect_images(args.images, also=VIDEO_EXTENSIONS)
     except FileNotFoundError as e:
-        raise Failure(f"{e}; give image files or folders that hold images") from e
+        raise Failure(f"{e}; give image or video files, or folders that hold them") from e
     except ValueError as e:
         raise UsageError(str(e)) from e
     if not items:
         folders = ", ".join(args.images)
-        raise Failure(f"{folders}: no images found (files ending in .jpg, .png, .bmp, .tif, .webp, ... "
-                      "directly inside a folder; subfolders are not searched)")
+        raise Failure(f"{folders}: no images or videos found (files ending in .jpg, .png, .bmp, .tif, .webp, "
+                      ".mp4, .mov, .avi, .mkv, .webm, ... directly inside a folder; subfolders are not "
+                      "searched)")
+    videos = [(path, name) for path, name in items if is_video(path)]
+    items = [(path, name) for path, name in items if not is_video(path)]
     viz_dir = Path(args.viz) if args.viz else None
     pictures: list[Path] = []
     if viz_dir is not None:
@@ -201,42 +188,66 @@ def run_predict(args: argparse.Namespace) -> int:
             pictures = picture_paths([name for _, name in items], viz_dir)
         except ValueError as e:
             raise Failure(str(e)) from e
-    predictor = _load_predictor(args)
+    predictor = _tiled(_load_predictor(args), args)
     keypoint_head = predictor.config.keypoint_head
     skeleton = keypoint_head.skeleton if keypoint_head is not None else ()
 
-    results: list[dict] = []
     failed: list[str] = []
     done: list[str] = []
-    predictions = predictor.predict_files([path for path, _ in items], batch_size=args.batch_size,
-                                          progress=len(items) >= PROGRESS_MIN_IMAGES)
-    try:
-        with contextlib.closing(predictions):  # closes the progress bar however the loop ends
-            for prediction in predictions:
-                index, det = prediction.index, prediction.detections
-                name = items[index][1]
-                if det is None:  # skipped, and reported on stderr
-                    failed.append(name)
-                    continue
-                results.extend(to_coco_results(name, det.boxes, det.scores, predictor.category_ids(det),
-                                               det.masks, predictor.coco_keypoints(det)))
-                if viz_dir is not None:
-                    picture = draw_detections(prediction.image, det.boxes, det.names, det.scores, det.masks,
-                                              det.keypoints, skeleton)
-                    pictures[index].parent.mkdir(parents=True, exist_ok=True)
-                    picture.save(pictures[index])
-                done.append(name)
-    except KeyboardInterrupt as e:
-        write_json_atomic(args.out, results)
-        raise KeyboardInterrupt(f"interrupted; the {len(results)} detections on the {len(done)} image(s) "
-                                f"done so far are in {args.out}") from e
-    # The detections computed so far are kept, whatever happened to the others.
-    write_json_atomic(args.out, results)
-    print(f"{len(results)} detections on {len(done)} image(s) -> {args.out}"
+    with ResultsWriter(args.out) as results:
+        predictions = predictor.predict_files([path for path, _ in items], batch_size=args.batch_size,
+                                              progress=len(items) >= PROGRESS_MIN_IMAGES)
+        try:
+            with contextlib.closing(predictions):  # closes the progress bar however the loop ends
+                for prediction in predictions:
+                    index, det = prediction.index, prediction.detections
+                    name = items[index][1]
+                    if det is None:  # skipped, and reported on stderr
+                        failed.append(name)
+                        continue
+                    results.add(predictor.coco_results(det, name))
+                    if viz_dir is not None:
+                        picture = draw_detections(prediction.image, det.boxes, det.names, det.scores,
+                                                  det.masks, det.keypoints, skeleton)
+                        pictures[index].parent.mkdir(parents=True, exist_ok=True)
+                        picture.save(pictures[index])
+                    done.append(name)
+            summary = None
+            if videos:
+                try:
+                    summary = run_video_prediction(predictor, videos, out=results, viz_dir=viz_dir,
+                                                   every=args.every, batch_size=args.batch_size,
+                                                   skeleton=skeleton)
+                except ValueError as e:
+                    raise Failure(str(e)) from e
+        except KeyboardInterrupt as e:
+            # The results so far are kept: the writer closes the file with what it holds.
+            raise KeyboardInterrupt(f"interrupted; the {results.count} detections done so far are in "
+                                    f"{args.out}") from e
+    what = f"{len(done)} image(s)"
+    if summary is not None:
+        what += f" and {summary.predicted} frame(s) of {summary.videos - len(summary.failed)} video(s)"
+    print(f"{results.count} detections on {what} -> {args.out}"
           + (f"; pictures in {viz_dir}" if viz_dir else ""), file=sys.stderr)
+    if summary is not None:
+        failed.extend(summary.failed)
     if failed:
-        raise Failure(f"{len(failed)} image(s) could not be read and were skipped: {', '.join(failed)}")
+        raise Failure(f"{len(failed)} input(s) could not be read and were skipped: {', '.join(failed)}")
     return 0
+
+
+def _check_tile_arguments(args: argparse.Namespace) -> None:
+    try:
+        check_tile_arguments(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def _tiled(predictor: Any, args: argparse.Namespace) -> Any:
+    try:
+        return tiled_predictor(predictor, args)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -247,6 +258,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .engine.results import write_json_atomic
 
     _check_model_arguments(args)
+    _check_tile_arguments(args)
     _at_least("--max-images", args.max_images, 1)
     converted = _read_source(args.json, args.images, args, role="val", flag="--json")
     image_dir = converted.image_dir
@@ -258,7 +270,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not any((image_dir / name).is_file() for name in names if name):
         raise Failure(f"{image_dir}: none of the {len(names)} image(s) that {args.json} lists is in this "
                       f"folder (e.g. {names[0] or '?'}); give the folder they are in as --images")
-    predictor = _load_predictor(args)
+    predictor = _tiled(_load_predictor(args), args)
     config = predictor.config
     _, gt = _ground_truth(converted, config.class_names, config.category_ids, "--json")
 
@@ -763,13 +775,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", parents=[common], help="segment images with a trained model")
-    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR",
-                   help="image files and/or directories (their images in sorted order)")
+    p = sub.add_parser("predict", parents=[common], help="segment images and videos with a trained model")
+    p.add_argument("images", nargs="+", metavar="INPUT",
+                   help="image or video files (mp4, mov, avi, mkv, webm) and/or folders (in sorted order)")
     add_model_arguments(p)
+    add_tile_arguments(p)
     p.add_argument("--out", default="results.json", metavar="JSON",
-                   help="COCO results file to write (default: results.json)")
-    p.add_argument("--viz", metavar="DIR", help="write one picture per image with its detections here")
+                   help="COCO results file to write (default: results.json); video detections have \"frame\"")
+    p.add_argument("--viz", metavar="DIR",
+                   help="write one picture per image, and one annotated .mp4 per video, with its "
+                        "detections here")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="videos: predict every N-th frame (the annotated video keeps every frame)")
     p.set_defaults(func=run_predict)
 
     e = sub.add_parser("evaluate", parents=[common],
@@ -779,6 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--images", metavar="DIR",
                    help="folder holding the annotations' images (default: where the annotations say)")
     _add_source_arguments(e, format_flag="--data-format")
+    add_tile_arguments(e)
     add_model_arguments(e)
     e.add_argument("--out", default="metrics.json", metavar="JSON",
                    help="metrics file to write, AP on the 0-1 scale (default: metrics.json)")
@@ -795,6 +813,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, metavar="FILE", help="the ONNX file to write (.onnx)")
     x.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset, 18 to 21 (default: 18)")
     x.set_defaults(func=run_export)
+
+    add_serve_parser(sub, common, usage_error=UsageError, failure=Failure)
 
     ds = sub.add_parser("dataset", help="work on a dataset: convert, stats, show, split")
     dsub = ds.add_subparsers(dest="dataset_command", required=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,8 +26,8 @@ from torch import Tensor
 _T = TypeVar("_T")
 
 
-def _map_tensors(value: _T, fn: Callable[[Tensor], Tensor]) -> _T:
-    """A new dataclass like ``value`` with ``fn`` applied to each tensor field.
+def _map_tensors(value: _T, fn: Callable[[Any], Any]) -> _T:
+    """A new dataclass like ``value`` with ``fn`` applied to each tensor (and ``MaskCrops``) field.
 
     ``None`` stays ``None`` and other fields are shallow copies (a list of
     sizes is a new list). The copy is built by the class's constructor, so
@@ -36,7 +36,7 @@ def _map_tensors(value: _T, fn: Callable[[Tensor], Tensor]) -> _T:
     changes = {}
     for f in fields(value):  # type: ignore[arg-type]
         item = getattr(value, f.name)
-        changes[f.name] = fn(item) if isinstance(item, Tensor) else copy.copy(item)
+        changes[f.name] = fn(item) if isinstance(item, Tensor | MaskCrops) else copy.copy(item)
     return replace(value, **changes)  # type: ignore[type-var]
 
 
@@ -56,6 +56,101 @@ class _Instances(_Movable):
 
     def __getitem__(self: _T, index: Tensor | slice) -> _T:
         return _map_tensors(self, lambda t: t[index])
+
+
+@dataclass
+class MaskCrops:
+    """Binary masks of ``D`` instances of one ``(H, W)`` image, each kept only over its window.
+
+    Memory follows the objects, not the image: a 6000x4000 photo with 100
+    detections holds 100 box-sized crops, not 2.4 GB of full-image masks.
+    ``windows (D, 4)`` int64 ``[x0, y0, x1, y1]``: the pixel columns
+    ``x0 .. x1 - 1`` and rows ``y0 .. y1 - 1`` of the image that crop ``i``
+    covers (``0 <= x0 <= x1 <= W``); ``crops`` the ``D`` bool tensors
+    ``(y1 - y0, x1 - x0)``; every pixel outside a window is background.
+    ``size`` is the image's ``(H, W)``. :meth:`dense` builds the full
+    ``(D, H, W)`` masks for whoever asks for them.
+    """
+
+    windows: Tensor
+    crops: list[Tensor]
+    size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if self.windows.shape != (len(self.crops), 4):
+            raise ValueError(f"MaskCrops: windows {tuple(self.windows.shape)} for {len(self.crops)} crops")
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(D, H, W)``, the shape of :meth:`dense`."""
+        return (len(self.crops), self.size[0], self.size[1])
+
+    @classmethod
+    def empty(cls, size: tuple[int, int], device: torch.device | str = "cpu") -> MaskCrops:
+        return cls(torch.zeros((0, 4), dtype=torch.int64, device=device), [], (int(size[0]), int(size[1])))
+
+    @classmethod
+    def from_dense(cls, masks: Tensor) -> MaskCrops:
+        """Full ``(D, H, W)`` masks (nonzero = foreground), each cropped to the extent of its pixels."""
+        masks = masks.bool()
+        d, h, w = masks.shape
+        rows, cols = masks.any(dim=2), masks.any(dim=1)  # (D, H), (D, W)
+        windows, crops = [], []
+        for i in range(d):
+            ys, xs = torch.nonzero(rows[i]).flatten(), torch.nonzero(cols[i]).flatten()
+            if len(ys) == 0:
+                windows.append((0, 0, 0, 0))
+                crops.append(masks.new_zeros((0, 0)))
+                continue
+            y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+            windows.append((x0, y0, x1, y1))
+            crops.append(masks[i, y0:y1, x0:x1].clone())
+        device = masks.device
+        return cls(torch.tensor(windows, dtype=torch.int64, device=device).reshape(-1, 4), crops, (h, w))
+
+    def dense(self) -> Tensor:
+        """The full ``(D, H, W)`` bool masks (memory D x H x W: ask only when the image is small)."""
+        out = torch.zeros(self.shape, dtype=torch.bool, device=self.windows.device)
+        for i, (x0, y0, x1, y1) in enumerate(self.windows.tolist()):
+            out[i, y0:y1, x0:x1] = self.crops[i]
+        return out
+
+    def areas(self) -> Tensor:
+        """Foreground pixels of each mask, ``(D,)`` int64."""
+        return torch.tensor([int(c.sum()) for c in self.crops], dtype=torch.int64)
+
+    def shifted(self, dx: int, dy: int, size: tuple[int, int]) -> MaskCrops:
+        """The same masks placed ``dx`` columns right and ``dy`` rows down in an image of ``size``,
+        cut to it (how a tile's masks go back into the whole image)."""
+        h, w = size
+        windows, crops = [], []
+        for (x0, y0, x1, y1), crop in zip(self.windows.tolist(), self.crops, strict=True):
+            nx0, ny0, nx1, ny1 = max(x0 + dx, 0), max(y0 + dy, 0), min(x1 + dx, w), min(y1 + dy, h)
+            nx1, ny1 = max(nx1, nx0), max(ny1, ny0)
+            windows.append((nx0, ny0, nx1, ny1))
+            top, left = ny0 - (y0 + dy), nx0 - (x0 + dx)
+            crops.append(crop[top : top + ny1 - ny0, left : left + nx1 - nx0])
+        return MaskCrops(torch.tensor(windows, dtype=torch.int64).reshape(-1, 4), crops, (int(h), int(w)))
+
+    def to(self, device: torch.device | str) -> MaskCrops:
+        return MaskCrops(self.windows.to(device), [c.to(device) for c in self.crops], self.size)
+
+    def __getitem__(self, index: Tensor | slice) -> MaskCrops:
+        rows = torch.arange(len(self.crops))[index.cpu() if isinstance(index, Tensor) else index]
+        picked = rows.reshape(-1).tolist()
+        return MaskCrops(self.windows[rows.to(self.windows.device)].reshape(-1, 4),
+                         [self.crops[i] for i in picked], self.size)
+
+    @staticmethod
+    def cat(parts: list[MaskCrops], size: tuple[int, int]) -> MaskCrops:
+        """The masks of several ``MaskCrops`` of one image, in order."""
+        if not parts:
+            return MaskCrops.empty(size)
+        return MaskCrops(torch.cat([p.windows for p in parts]).reshape(-1, 4),
+                         [c for p in parts for c in p.crops], (int(size[0]), int(size[1])))
 
 
 @dataclass
@@ -97,15 +192,17 @@ class Detections(_Instances):
     """Final detections of one image.
 
     ``boxes (D, 4)``, ``scores (D,)`` in [0, 1], ``labels (D,)`` int64 contiguous
-    class indices. ``masks`` is ``(D, H, W)`` bool at the image's resolution
-    when the model has a mask head; ``keypoints`` is ``(D, P, 3)`` with
-    ``(x, y, score)`` per keypoint when it has a keypoint head.
+    class indices. ``masks`` (when the model has a mask head) are the binary
+    masks at the image's resolution, each kept over its window only
+    (:class:`MaskCrops`: ``masks.dense()`` gives ``(D, H, W)`` bool);
+    ``keypoints`` is ``(D, P, 3)`` with ``(x, y, score)`` per keypoint when
+    it has a keypoint head.
     """
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
-    masks: Tensor | None = None
+    masks: MaskCrops | None = None
     keypoints: Tensor | None = None
     class_names: list[str] = field(default_factory=list, repr=False)
 

@@ -319,3 +319,51 @@ def test_dataset_show_draws_crowd_regions_and_only_labelled_keypoints(tmp_path: 
     assert (drawn[5:21, 60] != 40).any()  # the crowd box's left edge
     assert (drawn[30, 30] == 255).all()  # the labelled nose: a white dot
     assert (drawn[0:3, 0:3] == 40).all()  # nothing drawn for the unlabelled eye at (0, 0)
+
+
+def test_predict_takes_videos_and_images_together(weights: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """One results file: the image's records, then the video's with "frame"; an annotated video beside
+    the picture."""
+    from tests.engine.test_video import frames_of, read_back, write_video
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _photo(inputs / "a.png")
+    write_video(inputs / "clip.mkv", frames_of(6))
+    out, viz = tmp_path / "r.json", tmp_path / "viz"
+    assert main(["predict", str(inputs), "--weights", str(weights), "--every", "2", "--out", str(out),
+                 "--viz", str(viz)]) == 0
+    records = json.loads(out.read_text())
+    images = [r for r in records if r["file_name"] == "a.png"]
+    frames = [r for r in records if r["file_name"] == "clip.mkv"]
+    assert images and all("frame" not in r for r in images)
+    assert frames and {r["frame"] for r in frames} <= {0, 2, 4}
+    assert (viz / "a.png").is_file()
+    annotated, _, _ = read_back(viz / "clip.mp4")
+    assert len(annotated) == 6
+    assert "3 frame(s) of 1 video(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--tile-overlap", "8"], "--tile-overlap needs --tile"),
+    (["--tile", "16"], "--tile must be at least"),
+    (["--tile", "64", "--tile-overlap", "64"], "--tile-overlap 64"),
+    (["--max-detections", "0"], "--max-detections"),
+    (["--every", "0"], "--every"),
+])
+def test_tile_and_video_flags_are_checked_first(weights: Path, tmp_path: Path, flags: list[str], words: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    _photo(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--weights", str(weights), *flags]) == 2
+    error_line(capsys.readouterr().err, words)
+
+
+def test_predict_tiled_and_capped(weights: Path, tmp_path: Path) -> None:
+    _photo(tmp_path / "a.png", size=(300, 200))
+    out = tmp_path / "r.json"
+    assert main(["predict", str(tmp_path / "a.png"), "--weights", str(weights), "--tile", "128",
+                 "--max-detections", "5", "--out", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert 0 < len(records) <= 5
+    assert all(r["segmentation"]["size"] == [200, 300] for r in records)

@@ -1,8 +1,8 @@
 """The package's layers import only downward, and the package names no shared folder.
 
 Layers, lowest first: ``config`` and ``overrides``, then ``structures``, ``dist``, ``files`` and
-``ops``; then ``checkpoint``, ``model`` and ``data``; then ``convert``; then ``engine``; then
-``cli`` (and ``__main__``, ``__init__``, which expose it). A module may import its
+``ops``; then ``checkpoint``, ``model`` and ``data``; then ``convert``; then ``engine``, ``export``
+and ``serve``; then ``cli`` (and ``__main__``, ``__init__``, which expose it). A module may import its
 own layer and those below, never one above.
 """
 
@@ -18,7 +18,7 @@ RANK = {
     "structures": 1, "dist": 1, "files": 1, "checkpoint": 2, "ops": 1,
     "model": 2, "data": 2,
     "convert": 3,
-    "engine": 4, "export": 4,
+    "engine": 4, "export": 4, "serve": 4,
     "cli": 5, "__main__": 6, "__init__": 6,
 }
 

@@ -60,7 +60,7 @@ def test_preset_trains_and_predicts_on_a_small_image(name: str) -> None:
     assert det.boxes.shape[0] == det.scores.shape[0] == det.labels.shape[0]
     if "mask" in BRANCHES[name]:
         assert det.masks is not None and det.masks.shape == (len(det), 64, 96)
-        assert det.masks.dtype == torch.bool
+        assert det.masks.dense().dtype == torch.bool
     else:
         assert det.masks is None
     if "keypoint" in BRANCHES[name]:

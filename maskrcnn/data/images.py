@@ -33,7 +33,7 @@ Conversion rules (the same for files and in-memory images):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +65,14 @@ class ImageReadError(Exception):
         self.problem = problem
 
 
-def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+def list_images(inputs: Sequence[str | Path], *, also: Collection[str] = ()) -> list[Path]:
     """Expand files and directories into a list of image paths.
 
     Paths keep the order they are given in. A directory expands, in place, to
     the image files directly inside it (not recursively), chosen by suffix
     (:data:`IMAGE_EXTENSIONS`, case-insensitive), sorted by file name
-    (plain string order: ``b10.jpg`` before ``b2.jpg``). Hidden files (names
+    (plain string order: ``b10.jpg`` before ``b2.jpg``); ``also``: more
+    suffixes to take from a directory (``predict`` adds the video ones). Hidden files (names
     starting with ``.``, such as macOS ``._IMG.jpg`` sidecars) are skipped in a
     directory. A file named explicitly is kept whatever its suffix; whether it
     is an image is :func:`load_image`'s business. Duplicates are kept.
@@ -86,7 +87,7 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
                 sorted(
                     child
                     for child in path.iterdir()
-                    if child.suffix.lower() in IMAGE_EXTENSIONS
+                    if (child.suffix.lower() in IMAGE_EXTENSIONS or child.suffix.lower() in also)
                     and not child.name.startswith(".")
                     and child.is_file()
                 )
@@ -98,7 +99,7 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
+def collect_images(inputs: Sequence[str | Path], *, also: Collection[str] = ()) -> list[tuple[Path, str]]:
     """``(path, file_name)`` of every image of the command line's files and folders.
 
     Images come in the order of :func:`list_images`. ``file_name`` is the
@@ -111,7 +112,7 @@ def collect_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
     missing path raises ``FileNotFoundError``. An empty list is returned
     when no input holds an image; saying so is the caller's business.
     """
-    paths = list_images(inputs)
+    paths = list_images(inputs, also=also)
     if not paths:
         return []
     # os.path.abspath, not Path.resolve: a symlinked file keeps its own name.

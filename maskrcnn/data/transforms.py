@@ -76,13 +76,15 @@ def prepare_image(
     device: torch.device | str = "cpu",
     *,
     min_size: int | None = None,
+    resize: bool = True,
 ) -> Tensor:
     """One ``(H, W, 3)`` uint8 RGB image -> normalised ``(3, h, w)`` network input.
 
-    ``min_size`` overrides ``cfg.min_size`` as in :func:`resized_size`.
+    ``min_size`` overrides ``cfg.min_size`` as in :func:`resized_size`;
+    ``resize=False`` keeps the image's own size (tiles of a large image run at scale 1).
     """
     height, width = image.shape[:2]
-    h, w = resized_size(height, width, cfg, min_size=min_size)
+    h, w = resized_size(height, width, cfg, min_size=min_size) if resize else (height, width)
     if cfg.resize_rule == "detectron2":
         if (h, w) != (height, width):
             image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
@@ -115,9 +117,11 @@ def pad_batch(images: list[Tensor], size_divisibility: int) -> Tensor:
     return batch
 
 
-def make_batch(images: list[np.ndarray], cfg: InputConfig, device: torch.device | str = "cpu") -> ImageBatch:
-    """Images as ``(H, W, 3)`` uint8 RGB arrays -> ``ImageBatch`` on ``device``."""
-    tensors = [prepare_image(im, cfg, device) for im in images]
+def make_batch(images: list[np.ndarray], cfg: InputConfig, device: torch.device | str = "cpu", *,
+               resize: bool = True) -> ImageBatch:
+    """Images as ``(H, W, 3)`` uint8 RGB arrays -> ``ImageBatch`` on ``device`` (``resize`` as in
+    :func:`prepare_image`)."""
+    tensors = [prepare_image(im, cfg, device, resize=resize) for im in images]
     return ImageBatch(
         tensor=pad_batch(tensors, cfg.size_divisibility),
         image_sizes=[(t.shape[1], t.shape[2]) for t in tensors],

@@ -54,7 +54,6 @@ from pycocotools.cocoeval import COCOeval, Params
 from ..data.images import ImageReadError, load_image
 from ..data.validation import DatasetError, clean_ground_truth
 from .predict import BasePredictor
-from .results import to_coco_results
 
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm", "keypoints")
 """The kinds of AP this module computes: boxes, instance masks and keypoints (OKS)."""
@@ -282,8 +281,7 @@ def evaluate(
             if det is None:  # skipped, and reported on stderr
                 failed.append(entry["file_name"])
                 continue
-            records = to_coco_results(entry["file_name"], det.boxes, det.scores,
-                                      predictor.category_ids(det), det.masks, predictor.coco_keypoints(det))
+            records = predictor.coco_results(det, entry["file_name"])
             results.extend({"image_id": entry["id"], **record} for record in records)
             evaluated.append(entry["id"])
 

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -80,6 +80,30 @@ class BasePredictor:
     def category_ids(self, detections: Detections) -> list[int]:
         """The dataset's category id of each detection (COCO ids for COCO checkpoints)."""
         return [self.config.category_id(int(label)) for label in detections.labels]
+
+    def coco_results(self, detections: Detections, file_name: str) -> list[dict[str, Any]]:
+        """One image's detections as the COCO result records ``predict`` writes: ``file_name``,
+        ``category_id``, ``bbox`` XYWH, ``score``, ``segmentation`` RLE, ``keypoints`` where the model
+        has them."""
+        from .results import to_coco_results
+
+        return to_coco_results(file_name, detections.boxes, detections.scores, self.category_ids(detections),
+                               detections.masks, self.coco_keypoints(detections))
+
+    def predict_video(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        every: int = 1,
+        batch_size: int = 1,
+        score_threshold: float | None = None,
+    ) -> Iterator[Any]:
+        """The frames of a video file (mp4, mov, avi, mkv, webm), every ``every``-th one predicted:
+        yields ``VideoFrame`` (``index``, ``time``, ``image``, ``detections``), streaming; see
+        :func:`maskrcnn.engine.video.predict_video`."""
+        from .video import predict_video
+
+        return predict_video(self, path, every=every, batch_size=batch_size, score_threshold=score_threshold)
 
     def predict_arrays(
         self,
@@ -207,16 +231,18 @@ class Predictor(BasePredictor):
         # prediction runs in eval mode and restores the modes it found).
         self.model = model.to(self.device)
 
-    def prepare(self, images: Sequence[np.ndarray]) -> ImageBatch:
-        """``(H, W, 3)`` uint8 RGB arrays -> the model's input batch on the predictor's device."""
-        batch = make_batch(list(images), self.config.input, self.device)
+    def prepare(self, images: Sequence[np.ndarray], *, resize: bool = True) -> ImageBatch:
+        """``(H, W, 3)`` uint8 RGB arrays -> the model's input batch on the predictor's device
+        (``resize=False``: at the images' own size, not the config's input size)."""
+        batch = make_batch(list(images), self.config.input, self.device, resize=resize)
         batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
         return batch
 
     def run(
-        self, images: Sequence[np.ndarray], score_threshold: float | None, timings: dict[str, float] | None
+        self, images: Sequence[np.ndarray], score_threshold: float | None, timings: dict[str, float] | None,
+        *, resize: bool = True,
     ) -> list[Detections]:
-        batch = self.prepare(images)
+        batch = self.prepare(images, resize=resize)
         with evaluation_mode(self.model):
             detections = self.model.predict(batch, score_threshold=score_threshold, timings=timings)
         names = list(self.config.class_names)

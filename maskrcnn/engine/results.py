@@ -30,6 +30,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ..files import write_atomically
+from ..structures import MaskCrops
 
 
 def encode_mask(mask: np.ndarray | torch.Tensor) -> dict[str, Any]:
@@ -50,16 +51,17 @@ def to_coco_results(
     boxes: np.ndarray | torch.Tensor,
     scores: np.ndarray | torch.Tensor,
     category_ids: Sequence[int],
-    masks: np.ndarray | torch.Tensor | None = None,
+    masks: MaskCrops | np.ndarray | torch.Tensor | None = None,
     keypoints: np.ndarray | torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """One COCO result record per detection of one image, in the order given.
 
     ``boxes (D, 4)`` XYXY pixels, ``scores (D,)``, ``category_ids`` ``D``
     dataset category ids (already mapped from contiguous labels),
-    ``masks (D, H, W)`` full-image masks (nonzero = foreground) or None to
-    omit ``"segmentation"``, ``keypoints (D, P, 3)`` as ``(x, y, score)`` or
-    None to omit ``"keypoints"``. The third keypoint value is written as the
+    ``masks``: :class:`~maskrcnn.structures.MaskCrops`, or ``(D, H, W)``
+    full-image masks (nonzero = foreground), or None to omit
+    ``"segmentation"``; ``keypoints (D, P, 3)`` as ``(x, y, score)`` or None
+    to omit ``"keypoints"``. The third keypoint value is written as the
     keypoint's score (a float), where COCO ground truth has a visibility flag;
     COCO's keypoint evaluation does not read it from results.
     """
@@ -71,9 +73,11 @@ def to_coco_results(
             f"inconsistent detection counts: {count} boxes, {scores_np.shape[0]} scores, "
             f"{len(category_ids)} category ids"
         )
-    masks_np = None if masks is None else to_numpy(masks)
+    masks_np = None if masks is None or isinstance(masks, MaskCrops) else to_numpy(masks)
     if masks_np is not None and (masks_np.ndim != 3 or masks_np.shape[0] != count):
         raise ValueError(f"expected masks of shape ({count}, H, W), got {masks_np.shape}")
+    if isinstance(masks, MaskCrops) and len(masks) != count:
+        raise ValueError(f"expected {count} masks, got {len(masks)}")
     keypoints_np = None if keypoints is None else to_numpy(keypoints).astype(np.float64)
     if keypoints_np is not None and (
         keypoints_np.ndim != 3 or keypoints_np.shape[0] != count or keypoints_np.shape[2] != 3
@@ -85,7 +89,8 @@ def to_coco_results(
     # XYXY -> XYWH.
     xywh = boxes_np.copy()
     xywh[:, 2:] -= boxes_np[:, :2]
-    rles = None if masks_np is None else _encode_masks(masks_np)
+    rles = encode_crops(masks) if isinstance(masks, MaskCrops) else (
+        None if masks_np is None else _encode_masks(masks_np))
 
     records: list[dict[str, Any]] = []
     for i in range(count):
@@ -121,6 +126,43 @@ def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = None) 
             os.fsync(handle.fileno())
 
     write_atomically(Path(path), dump)
+
+
+def encode_crops(masks: MaskCrops) -> list[dict[str, Any]]:
+    """COCO compressed RLE of each mask of ``masks``, without making any full-image mask.
+
+    COCO runs go down each column, left to right. Columns outside a crop's
+    window are background, so the runs are those of the window's columns
+    (each a whole image column: background above and below the crop) with
+    the columns before and after added to the first and last runs. Memory:
+    one window's columns at a time.
+    """
+    h, w = masks.size
+    out = []
+    for (x0, y0, x1, y1), crop in zip(masks.windows.tolist(), masks.crops, strict=True):
+        columns = np.zeros((x1 - x0, h), dtype=np.uint8)  # (window columns, H): column-major order
+        columns[:, y0:y1] = crop.detach().cpu().numpy().T
+        flat = columns.reshape(-1)
+        changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        bounds = np.concatenate([[0], changes, [flat.size]])
+        runs = np.diff(bounds).tolist()
+        if flat.size == 0:
+            runs = []
+        elif flat[0]:  # COCO's runs start with background
+            runs = [0, *runs]
+        before, after = x0 * h, (w - x1) * h
+        if not runs:
+            runs = [before + after]
+        else:
+            runs[0] += before
+            if len(runs) % 2:  # ends with background: the columns after join it
+                runs[-1] += after
+            elif after:
+                runs.append(after)
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": runs}, h, w)
+        rle["counts"] = rle["counts"].decode("ascii")
+        out.append(rle)
+    return out
 
 
 def _encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..structures import MaskCrops
 from .results import to_numpy
 
 Color = tuple[int, int, int]
@@ -112,7 +113,7 @@ def draw_detections(
     boxes: np.ndarray | torch.Tensor,
     labels: Sequence[str],
     scores: np.ndarray | torch.Tensor | None,
-    masks: np.ndarray | torch.Tensor | None = None,
+    masks: MaskCrops | np.ndarray | torch.Tensor | None = None,
     keypoints: np.ndarray | torch.Tensor | None = None,
     skeleton: Sequence[tuple[int, int]] | None = None,
     score_threshold: float = 0.0,
@@ -140,11 +141,18 @@ def draw_detections(
         raise ValueError(
             f"inconsistent counts: {count} boxes, {scores_np.shape[0]} scores, {len(labels)} labels"
         )
-    masks_np = None if masks is None else to_numpy(masks)
-    if masks_np is not None:
+    if isinstance(masks, MaskCrops):
+        if masks.shape != (count, height, width):
+            raise ValueError(f"expected masks of shape {(count, height, width)}, got {masks.shape}")
+        windows = masks.windows.tolist()
+        placed = [(y0, x0, crop.detach().cpu().numpy().astype(bool))
+                  for (x0, y0, _, _), crop in zip(windows, masks.crops, strict=True)]
+    elif masks is not None:
+        masks_np = to_numpy(masks)
         if masks_np.shape != (count, height, width):
             raise ValueError(f"expected masks of shape {(count, height, width)}, got {masks_np.shape}")
         masks_np = masks_np if masks_np.dtype == bool else masks_np > 0.5
+        placed = [(0, 0, m) for m in masks_np]
     keypoints_np = None if keypoints is None else to_numpy(keypoints).astype(np.float64)
     if keypoints_np is not None and (
         keypoints_np.ndim != 3 or keypoints_np.shape[0] != count or keypoints_np.shape[2] != 3
@@ -160,9 +168,10 @@ def draw_detections(
     line_width = max(1, round(scale / _LINE_WIDTH_DIVISOR))
 
     canvas = image.copy()
-    if masks_np is not None:
+    if masks is not None:
         for i in draw_order:
-            _blend_mask(canvas, masks_np[i], colors[i], contour_width=line_width)
+            y0, x0, mask = placed[i]
+            _blend_mask(canvas, y0, x0, mask, colors[i], contour_width=line_width)
     result = Image.fromarray(canvas, "RGB")
     if not kept:
         return result
@@ -181,15 +190,17 @@ def draw_detections(
     return result
 
 
-def _blend_mask(canvas: np.ndarray, mask: np.ndarray, color: Color, *, contour_width: int) -> None:
-    """Blend ``color`` into ``canvas`` (in place) where ``mask`` is set, and outline it."""
+def _blend_mask(canvas: np.ndarray, y0: int, x0: int, mask: np.ndarray, color: Color, *,
+                contour_width: int) -> None:
+    """Blend ``color`` into ``canvas`` (in place) where ``mask`` (placed at row ``y0``, column ``x0``)
+    is set, and outline it."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return
     cols = np.flatnonzero(mask.any(axis=0))
     # Work on the mask's bounding box only: most masks cover a small part of the image.
-    window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    region, inside = canvas[window], mask[window]
+    inside = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    region = canvas[y0 + rows[0] : y0 + rows[-1] + 1, x0 + cols[0] : x0 + cols[-1] + 1]
     tint = np.asarray(color, dtype=np.float32)
     blended = region[inside].astype(np.float32) * (1 - MASK_ALPHA) + tint * MASK_ALPHA
     region[inside] = np.rint(blended).astype(np.uint8)

@@ -27,7 +27,7 @@ import torch
 
 from ..config import ModelConfig
 from ..engine.predict import BasePredictor
-from ..structures import Detections
+from ..structures import Detections, MaskCrops
 from .onnx_file import read_config
 
 Runtime = Literal["onnxruntime", "openvino"]
@@ -123,7 +123,7 @@ def split_outputs(out: dict[str, np.ndarray], sizes: np.ndarray, class_names: li
             boxes=torch.from_numpy(out["boxes"][rows].copy()),
             scores=torch.from_numpy(out["scores"][rows].copy()),
             labels=torch.from_numpy(out["labels"][rows].astype(np.int64)),
-            masks=None if masks is None else torch.from_numpy(masks[rows, :h, :w] != 0),
+            masks=None if masks is None else MaskCrops.from_dense(torch.from_numpy(masks[rows, :h, :w] != 0)),
             keypoints=None if keypoints is None else torch.from_numpy(keypoints[rows].copy()),
             class_names=class_names,
         ))

@@ -22,9 +22,9 @@ from torch.nn import functional as F
 
 from ..config import MaskRepresentation, MaskTargetRule, PasteRule
 from ..dist import global_normaliser
-from ..ops.masks import paste_masks
+from ..ops.masks import paste_mask_crops
 from ..ops.roi_align import roi_align
-from ..structures import RoISamples, Targets
+from ..structures import MaskCrops, RoISamples, Targets
 from .poolers import MultiLevelRoIPooler
 
 
@@ -194,6 +194,7 @@ class MaskBranch(nn.Module):
         """Foreground probabilities ``(D, S, S)`` of each detection's class, from its pooled features."""
         return mask_probabilities(self.head(features), labels, self.representation)
 
-    def paste(self, probabilities: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
-        """Binary masks ``(D, H, W)`` of one image: each map resized into its box, then thresholded."""
-        return paste_masks(probabilities, boxes, image_size, self.paste_rule, self.threshold)
+    def paste(self, probabilities: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> MaskCrops:
+        """Binary masks of one image, each map resized into its box and thresholded, kept over the
+        window its box reaches (``MaskCrops``; ``.dense()`` for ``(D, H, W)``)."""
+        return paste_mask_crops(probabilities, boxes, image_size, self.paste_rule, self.threshold)

@@ -16,17 +16,21 @@ matrices. Detections are processed in chunks of similar window size, and
 each window is written into its image with one indexed assignment.
 
 Shapes: ``masks (D, S, S)`` probabilities, ``boxes (D, 4)`` in image pixels,
-result ``(D, H, W)``.
+result ``(D, H, W)``, or (:func:`paste_mask_crops`) each detection's window
+only, as :class:`~maskrcnn.structures.MaskCrops`, whose memory follows the
+objects rather than the image.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import get_args
 
 import torch
 from torch import Tensor
 
 from ..config import PasteRule
+from ..structures import MaskCrops
 from .chunks import size_chunks
 
 # Elements of pasted windows computed at once (D * h * w); a few MB, which the
@@ -147,6 +151,46 @@ def binarise(values: Tensor, rule: PasteRule, threshold: float) -> Tensor:
     return values > threshold if rule == "torchvision" else values >= threshold
 
 
+def _pasted_chunks(
+    masks: Tensor, boxes: Tensor, size: tuple[int, int], rule: PasteRule, threshold: float | None
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]]:
+    """The pasted values of every detection over its window, a chunk of detections at a time.
+
+    Yields ``(idx, values, y0, y1, x0, x1)``: detections ``idx (C,)``, their values
+    ``(C, span_y, span_x)`` (thresholded to bool with a ``threshold``), and
+    their windows: rows ``y0 .. y1 - 1`` and columns ``x0 .. x1 - 1`` of the image
+    (the top-left ``(y1 - y0, x1 - x0)`` of each values plane; the rest is padding).
+    """
+    h, w = size
+    if rule not in get_args(PasteRule):
+        raise ValueError(f"unknown paste rule {rule!r}: expected one of {get_args(PasteRule)}")
+    if masks.shape[0] == 0:
+        return
+    boxes = boxes.float()
+    if rule == "torchvision":
+        ibox, _, _ = _torchvision_boxes(boxes, masks.shape[-1])
+        x0 = ibox[:, 0].clamp(min=0, max=w)
+        y0 = ibox[:, 1].clamp(min=0, max=h)
+        x1 = (ibox[:, 2] + 1).clamp(max=w)
+        y1 = (ibox[:, 3] + 1).clamp(max=h)
+    else:
+        y0, y1, x0, x1 = _sampling_windows(boxes, size)
+    x1 = torch.maximum(x1, x0)
+    y1 = torch.maximum(y1, y0)
+    # Chunks of detections of similar window area, each window counted at the chunk's largest area.
+    for idx in size_chunks((y1 - y0) * (x1 - x0), _CHUNK_ELEMENTS):
+        span_y = int((y1[idx] - y0[idx]).max())
+        span_x = int((x1[idx] - x0[idx]).max())
+        if span_y == 0 or span_x == 0:
+            values = masks.new_zeros((len(idx), span_y, span_x), dtype=torch.bool if threshold is not None
+                                     else torch.float32)
+        else:
+            values = pasted_values(masks[idx], boxes[idx], rule, y0[idx], x0[idx], span_y, span_x)
+            if threshold is not None:
+                values = binarise(values, rule, threshold)
+        yield idx, values, y0[idx], y1[idx], x0[idx], x1[idx]
+
+
 def paste_masks(
     masks: Tensor,
     boxes: Tensor,
@@ -165,34 +209,37 @@ def paste_masks(
     d = masks.shape[0]
     dtype = torch.bool if threshold is not None else torch.float32
     out = torch.zeros((d, h, w), dtype=dtype, device=masks.device)
-    if d == 0:
-        return out
-    if rule not in get_args(PasteRule):
-        raise ValueError(f"unknown paste rule {rule!r}: expected one of {get_args(PasteRule)}")
-    boxes = boxes.float()
-    if rule == "torchvision":
-        ibox, _, _ = _torchvision_boxes(boxes, masks.shape[-1])
-        x0 = ibox[:, 0].clamp(min=0)
-        y0 = ibox[:, 1].clamp(min=0)
-        x1 = (ibox[:, 2] + 1).clamp(max=w)
-        y1 = (ibox[:, 3] + 1).clamp(max=h)
-    else:
-        y0, y1, x0, x1 = _sampling_windows(boxes, size)
-    x1 = torch.maximum(x1, x0)
-    y1 = torch.maximum(y1, y0)
-    # Chunks of detections of similar window area, each window counted at the chunk's largest area.
-    for idx in size_chunks((y1 - y0) * (x1 - x0), _CHUNK_ELEMENTS):
-        span_y = int((y1[idx] - y0[idx]).max())
-        span_x = int((x1[idx] - x0[idx]).max())
+    for idx, values, y0, y1, x0, x1 in _pasted_chunks(masks, boxes, size, rule, threshold):
+        span_y, span_x = values.shape[1:]
         if span_y == 0 or span_x == 0:
             continue
-        values = pasted_values(masks[idx], boxes[idx], rule, y0[idx], x0[idx], span_y, span_x)
-        if threshold is not None:
-            values = binarise(values, rule, threshold)
-        rows = y0[idx, None] + torch.arange(span_y, device=masks.device)
-        cols = x0[idx, None] + torch.arange(span_x, device=masks.device)
-        inside = (rows < y1[idx, None])[:, :, None] & (cols < x1[idx, None])[:, None, :]
+        rows = y0[:, None] + torch.arange(span_y, device=masks.device)
+        cols = x0[:, None] + torch.arange(span_x, device=masks.device)
+        inside = (rows < y1[:, None])[:, :, None] & (cols < x1[:, None])[:, None, :]
         det = idx[:, None, None].expand_as(inside)
         out[det[inside], rows[:, :, None].expand_as(inside)[inside],
             cols[:, None, :].expand_as(inside)[inside]] = values[inside].to(dtype)
     return out
+
+
+def paste_mask_crops(
+    masks: Tensor,
+    boxes: Tensor,
+    size: tuple[int, int],
+    rule: PasteRule = "torchvision",
+    threshold: float = 0.5,
+) -> MaskCrops:
+    """:func:`paste_masks`, thresholded, with each mask kept over its window only (bounded memory).
+
+    ``crops.dense()`` equals ``paste_masks(masks, boxes, size, rule, threshold)``
+    bit for bit: the same values, computed over the same windows.
+    """
+    d = masks.shape[0]
+    windows = torch.zeros((d, 4), dtype=torch.int64, device=masks.device)
+    crops: list[Tensor] = [masks.new_zeros((0, 0), dtype=torch.bool)] * d
+    for idx, values, y0, y1, x0, x1 in _pasted_chunks(masks, boxes, size, rule, threshold):
+        windows[idx] = torch.stack([x0, y0, x1, y1], dim=1).long()
+        spans = zip(idx.tolist(), (y1 - y0).tolist(), (x1 - x0).tolist(), strict=True)
+        for k, (i, hh, ww) in enumerate(spans):
+            crops[i] = values[k, :hh, :ww].clone()
+    return MaskCrops(windows, crops, (int(size[0]), int(size[1])))

@@ -32,7 +32,7 @@ from maskrcnn.engine.evaluate import (
     load_ground_truth,
 )
 from maskrcnn.engine.predict import Predictor, load
-from maskrcnn.structures import Detections
+from maskrcnn.structures import Detections, MaskCrops
 
 from ..helpers import error_line, with_input, write_small_checkpoint
 
@@ -261,6 +261,7 @@ class _Oracle:
         self.queue = [image["id"] for image in gt.dataset["images"]]
 
     coco_keypoints = Predictor.coco_keypoints
+    coco_results = Predictor.coco_results
     predict_files = Predictor.predict_files  # batching and skipping as the real predictor does
 
     def category_ids(self, detections: Detections) -> list[int]:
@@ -278,7 +279,7 @@ class _Oracle:
                 boxes=torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1),  # XYWH -> XYXY
                 scores=torch.linspace(1.0, 0.5, len(anns)),
                 labels=torch.tensor([self.categories.index(a["category_id"]) for a in anns]),
-                masks=torch.from_numpy(np.stack([self.gt.annToMask(a) for a in anns])).bool(),
+                masks=MaskCrops.from_dense(torch.from_numpy(np.stack([self.gt.annToMask(a) for a in anns]))),
             ))
         return out
 
@@ -516,6 +517,7 @@ class _KeypointOracle:
         self.queue = [image["id"] for image in gt.dataset["images"]]
 
     coco_keypoints = Predictor.coco_keypoints
+    coco_results = Predictor.coco_results
     predict_files = Predictor.predict_files  # batching and skipping as the real predictor does
 
     def category_ids(self, detections: Detections) -> list[int]:

@@ -103,7 +103,7 @@ def _assert_same_detections(got: Detections, want: Detections) -> None:
         j = twins[0]
         unused.remove(j)
         assert got.masks is not None and want.masks is not None
-        a, b = got.masks[j], want.masks[i]
+        a, b = got.masks[j : j + 1].dense()[0], want.masks[i : i + 1].dense()[0]
         union = int((a | b).sum())
         assert union == 0 or int((a & b).sum()) / union >= 0.99
 

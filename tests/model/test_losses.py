@@ -186,7 +186,8 @@ def test_predict_one_detections_per_image_with_consistent_lengths():
         assert det.boxes.shape == (d, 4)
         assert det.scores.shape == (d,)
         assert det.labels.shape == (d,) and det.labels.dtype == torch.int64
-        assert det.masks is not None and det.masks.shape == (d, h, w) and det.masks.dtype == torch.bool
+        assert det.masks is not None and det.masks.shape == (d, h, w)
+        assert det.masks.dense().dtype == torch.bool
         assert ((det.labels >= 0) & (det.labels < NUM_CLASSES)).all()
         assert ((det.scores >= 0) & (det.scores <= 1)).all()
         assert d <= model.box.detections_per_image
