@@ -121,7 +121,7 @@ def as_arrays(predictor: BasePredictor, detections) -> dict:
         "boxes": detections.boxes.numpy().astype(np.float64).reshape(-1, 4),
         "scores": detections.scores.numpy().astype(np.float64),
         "labels": np.array(predictor.category_ids(detections), dtype=np.int64),
-        "masks": None if detections.masks is None else detections.masks.numpy().astype(bool),
+        "masks": None if detections.masks is None else detections.masks.dense().numpy(),
     }
 
 

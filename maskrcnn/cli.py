@@ -226,7 +226,7 @@ def run_predict(args: argparse.Namespace) -> int:
                                     f"{args.out}") from e
     what = f"{len(done)} image(s)"
     if summary is not None:
-        what += f" and {summary.predicted} frame(s) of {summary.videos - len(summary.failed)} video(s)"
+        what += f" and {summary.predicted} frame(s) of {summary.videos} video(s)"
     print(f"{results.count} detections on {what} -> {args.out}"
           + (f"; pictures in {viz_dir}" if viz_dir else ""), file=sys.stderr)
     if summary is not None:

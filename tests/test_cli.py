@@ -367,3 +367,18 @@ def test_predict_tiled_and_capped(weights: Path, tmp_path: Path) -> None:
     records = json.loads(out.read_text())
     assert 0 < len(records) <= 5
     assert all(r["segmentation"]["size"] == [200, 300] for r in records)
+
+
+def test_a_video_that_cannot_be_read_is_named_and_the_others_are_counted(
+        weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.engine.test_video import frames_of, write_video
+
+    write_video(tmp_path / "good.mkv", frames_of(2))
+    (tmp_path / "bad.mp4").write_bytes(bytes(range(256)) * 8)
+    out = tmp_path / "r.json"
+    assert main(["predict", str(tmp_path / "good.mkv"), str(tmp_path / "bad.mp4"), "--weights", str(weights),
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "2 frame(s) of 1 video(s)" in err
+    error_line(err, "bad.mp4")
+    assert {r["file_name"] for r in json.loads(out.read_text())} <= {"good.mkv"}

@@ -59,6 +59,11 @@ class BasePredictor:
     ``export.runtime.OnnxPredictor`` in ONNX Runtime or OpenVINO.
     """
 
+    # Whether the detections at a threshold are exactly those above it among the detections at any
+    # lower one (true of the model: its threshold comes before NMS, which only suppresses lower
+    # scores, and before its cap); servers then batch requests of different thresholds together.
+    filters_by_threshold_exactly = True
+
     def __init__(self, config: ModelConfig, *, score_threshold: float | None = None) -> None:
         self.config = config
         # None: the model's own threshold (0.05 for the peers' checkpoints).

@@ -21,10 +21,14 @@ same class from two tiles are one object when their masks agree there: the
 IoU of the two masks within the intersection of the two tiles is at least
 ``merge_iou`` (masks, not boxes: a box IoU is small for the two halves of a
 cut object, while their masks coincide in the overlap). Groups are joined
-transitively (an object across four tiles). A merged detection has the union
-of the masks, the union of the boxes, the highest score and that member's
-keypoints. The model's detection cap applies per tile; ``max_detections``
-caps the whole image (highest scores first).
+transitively (an object across four tiles). A merged detection has the
+union of the boxes, the highest score and that member's keypoints, and one
+mask stitched from the members: each pixel from the member whose tile owns it
+(each tile owns its core, the pixels up to the middle of its overlaps), so
+neither the seams nor the members' disagreements bloat it. A detection no
+other tile matched keeps its mask and box as its tile found them. The
+model's detection cap applies per tile; ``max_detections`` caps the whole
+image (highest scores first).
 
 Shapes: one image ``(H, W, 3)`` uint8 in, one ``Detections`` out in its pixels.
 """
@@ -118,28 +122,35 @@ def _cores(tiles: Sequence[tuple[int, int, int, int]]) -> list[tuple[int, int, i
             for t in tiles]
 
 
-def _stitched_mask(masks: MaskCrops, members: list[int], cores: list[tuple[int, int, int, int]]
-                   ) -> tuple[tuple[int, int, int, int], Tensor] | None:
-    """The window and crop of the union of ``members``' masks, each cut to its tile's core
-    (``cores[k]``: member ``k``'s); None when no pixel is left."""
+def _stitched_mask(masks: MaskCrops, members: list[int], tiles: list[int],
+                   cores: list[tuple[int, int, int, int]]) -> tuple[tuple[int, int, int, int], Tensor]:
+    """The window and crop of one object's mask from its tile detections ``members``.
+
+    Member ``k`` (from tile ``tiles[k]``) gives its pixels except those in the
+    core of another tile of the group, which gives its own there: every pixel
+    from the member that sees it farthest from its edges. A single detection
+    keeps its whole mask. The window is cut to what is left (an empty mask: an
+    empty window at the first member's corner).
+    """
+    group_tiles = {tiles[k] for k in members}
     pieces = []
     for k in members:
-        a0, b0, a1, b1 = masks.windows[k].tolist()
-        c0, d0, c1, d1 = cores[k]
-        x0, y0, x1, y1 = max(a0, c0), max(b0, d0), min(a1, c1), min(b1, d1)
-        if x0 < x1 and y0 < y1:
-            piece = masks.crops[k][y0 - b0 : y1 - b0, x0 - a0 : x1 - a0]
-            if bool(piece.any()):
-                pieces.append((x0, y0, x1, y1, piece))
-    if not pieces:
-        return None
+        x0, y0, x1, y1 = masks.windows[k].tolist()
+        piece = masks.crops[k].clone()
+        for t in group_tiles - {tiles[k]}:
+            c0, d0, c1, d1 = cores[t]
+            a0, b0, a1, b1 = max(x0, c0), max(y0, d0), min(x1, c1), min(y1, d1)
+            if a0 < a1 and b0 < b1:
+                piece[b0 - y0 : b1 - y0, a0 - x0 : a1 - x0] = False
+        pieces.append((x0, y0, x1, y1, piece))
     x0, y0 = min(p[0] for p in pieces), min(p[1] for p in pieces)
     x1, y1 = max(p[2] for p in pieces), max(p[3] for p in pieces)
     crop = torch.zeros((y1 - y0, x1 - x0), dtype=torch.bool)
     for a0, b0, a1, b1, piece in pieces:
         crop[b0 - y0 : b1 - y0, a0 - x0 : a1 - x0] |= piece
-    # The tight extent of what is left.
     rows, cols = torch.nonzero(crop.any(1)).flatten(), torch.nonzero(crop.any(0)).flatten()
+    if len(rows) == 0:
+        return (x0, y0, x0, y0), crop[:0, :0]
     top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     return (x0 + left, y0 + top, x0 + right, y0 + bottom), crop[top:bottom, left:right]
 
@@ -217,31 +228,25 @@ def merge_tiles(
     for i in range(len(parent)):
         groups.setdefault(root(i), []).append(i)
     cores = _cores(tiles)
-    member_cores = [cores[t] for t in tile_of]
     merged_boxes, merged_scores, merged_labels, merged_keypoints = [], [], [], []
     windows, merged_crops = [], []
     for members in groups.values():
         best = max(members, key=lambda k: float(all_scores[k]))
-        if all_masks is not None:
-            stitched = _stitched_mask(all_masks, members, member_cores)
-            if stitched is None:
-                continue  # it lies in other tiles' cores: theirs to report
-            window, crop = stitched
-            windows.append(window)
-            merged_crops.append(crop)
-            merged_boxes.append(torch.tensor(window, dtype=all_boxes.dtype))
-        else:
-            member_boxes = all_boxes[members]
-            merged_boxes.append(torch.cat([member_boxes[:, :2].min(0).values,
-                                           member_boxes[:, 2:].max(0).values]))
+        # The union of the members' boxes: each tile's box of a cut object ends at its edge.
+        member_boxes = all_boxes[members]
+        merged_boxes.append(torch.cat([member_boxes[:, :2].min(0).values,
+                                       member_boxes[:, 2:].max(0).values]))
         merged_scores.append(all_scores[best])
         merged_labels.append(all_labels[best])
         if all_keypoints is not None:
             merged_keypoints.append(all_keypoints[best])
+        if all_masks is not None:
+            window, crop = _stitched_mask(all_masks, members, tile_of, cores)
+            windows.append(window)
+            merged_crops.append(crop)
     if not merged_scores:
-        return Detections(torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0, dtype=torch.int64),
-                          None if all_masks is None else MaskCrops.empty(size),
-                          None if all_keypoints is None else all_keypoints[:0], class_names=names)
+        no_masks = None if all_masks is None else MaskCrops.empty(size)
+        return Detections(all_boxes, all_scores, all_labels, no_masks, all_keypoints, class_names=names)
     order = torch.argsort(torch.stack(merged_scores), descending=True, stable=True)
     if max_detections is not None:
         order = order[:max_detections]
@@ -287,6 +292,9 @@ class _Wrapping(BasePredictor):
 
 
 class TiledPredictor(_Wrapping):
+    # Merging depends on which neighbours were found, so a higher threshold is not a filter.
+    filters_by_threshold_exactly = False
+
     """A PyTorch predictor run tile by tile (see the module docstring); the same interface as any predictor.
 
     ``size``: the tile side in pixels; ``overlap``: pixels shared by neighbouring

@@ -175,6 +175,8 @@ def _pasted_chunks(
         y1 = (ibox[:, 3] + 1).clamp(max=h)
     else:
         y0, y1, x0, x1 = _sampling_windows(boxes, size)
+        # A box beyond the image's far edge has an empty window: put it at the edge.
+        x0, y0 = x0.clamp(max=w), y0.clamp(max=h)
     x1 = torch.maximum(x1, x0)
     y1 = torch.maximum(y1, y0)
     # Chunks of detections of similar window area, each window counted at the chunk's largest area.

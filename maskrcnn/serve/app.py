@@ -82,7 +82,8 @@ def create_app(
     def run(images: list[np.ndarray], threshold: float) -> Any:
         return predictor.predict_arrays(images, score_threshold=threshold)
 
-    batcher = MicroBatcher(run, max_batch=max_batch, max_queued=QUEUED_BATCHES * max_batch)
+    batcher = MicroBatcher(run, max_batch=max_batch, max_queued=QUEUED_BATCHES * max_batch,
+                           mixed_thresholds=getattr(predictor, "filters_by_threshold_exactly", True))
     # Decoding uploads and encoding results: one thread (decode_image swaps warning filters,
     # which is safe from one thread only; one image decoded at a time bounds its memory).
     workers: dict[str, concurrent.futures.ThreadPoolExecutor] = {}

@@ -59,10 +59,15 @@ class MicroBatcher:
     event loop: :meth:`start` before the first request, :meth:`stop` at shutdown.
     """
 
-    def __init__(self, run: Run, *, max_batch: int, max_queued: int, wait_s: float = BATCH_WAIT_S) -> None:
+    def __init__(self, run: Run, *, max_batch: int, max_queued: int, wait_s: float = BATCH_WAIT_S,
+                 mixed_thresholds: bool = True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.run = run
+        # Whether requests with other thresholds may share a batch (run at the lowest, each filtered to
+        # its own): exact for a model, whose box branch applies the threshold before NMS and its cap;
+        # not for tiles, whose merging of neighbours' detections depends on which were found.
+        self.mixed_thresholds = mixed_thresholds
         self.max_batch = max_batch
         self.max_queued = max_queued
         self.wait_s = wait_s
@@ -122,7 +127,13 @@ class MicroBatcher:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except TimeoutError:
                     break
-            jobs = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            if self.mixed_thresholds:
+                jobs = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            else:  # the first request's threshold; the others wait for a batch of their own
+                first = self._pending[0].threshold
+                jobs = [job for job in self._pending if job.threshold == first][: self.max_batch]
+                taken = {id(job) for job in jobs}  # by identity: jobs hold arrays, which do not compare
+                self._pending = collections.deque(job for job in self._pending if id(job) not in taken)
             jobs = [job for job in jobs if not job.future.done()]  # a client that left cancels its future
             if jobs:
                 await self._run_batch(jobs)
@@ -148,6 +159,10 @@ class MicroBatcher:
                     job.future.set_exception(exc)
             return
         for job, detections in zip(jobs, results, strict=True):
-            if not job.future.done():
+            if job.future.done():
+                continue
+            try:  # a failure here is that request's, never the loop's (the others would wait forever)
                 job.future.set_result(detections if job.threshold == threshold
                                       else keep_above(detections, job.threshold))
+            except Exception as exc:
+                job.future.set_exception(exc)

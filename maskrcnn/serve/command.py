@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..engine.flags import device_problem, unit_interval
 from ..engine.tiles import add_tile_arguments
@@ -116,11 +118,37 @@ def run_serve(
         runtime = getattr(predictor, "runtime", "torch")
         print(f"serving {weights.name} at http://{shown}:{port}/ ({runtime} on {predictor.device}, "
               f"max batch {args.max_batch}); Ctrl-C to stop", file=sys.stderr, flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
+        server = _make_server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
         server.run(sockets=[sock])
     finally:
         sock.close()
+    if server.stopped_by is not None:
+        # uvicorn passes the signal on once it has shut down, but asyncio's runner swallows it when the
+        # server's task has already finished: raise it again here, outside the event loop, so that
+        # Ctrl-C exits 130 and SIGTERM 143 whatever the timing.
+        signal.raise_signal(server.stopped_by)
     return 0
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, remembering the signal that stopped it."""
+
+        stopped_by: int | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.stopped_by = sig
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
+def _make_server(config: Any) -> Any:
+    """A ``uvicorn.Server`` that remembers its stopping signal (the class is made here, on demand:
+    uvicorn is an optional extra)."""
+    return _server_class()(config)
 
 
 def listen(

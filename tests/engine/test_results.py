@@ -123,3 +123,31 @@ def test_write_json_atomic_failure_keeps_old_file_and_cleans_up(tmp_path: Path) 
         write_json_atomic(target, {"bad": object()})
     assert json.loads(target.read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rle_from_crops_equals_pycocotools_on_the_full_masks(seed: int) -> None:
+    """Windows at the edges, empty and zero-width crops, full-image masks: 200 random images each."""
+    from maskrcnn.engine.results import _encode_masks, encode_crops
+    from maskrcnn.structures import MaskCrops
+
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(200):
+        h, w = (int(v) for v in torch.randint(1, 30, (2,), generator=g))
+        dense = torch.zeros((4, h, w), dtype=torch.bool)
+        windows, crops = [], []
+        for i in range(4):
+            x0 = int(torch.randint(0, w + 1, (1,), generator=g))
+            y0 = int(torch.randint(0, h + 1, (1,), generator=g))
+            x1 = int(torch.randint(x0, w + 1, (1,), generator=g))
+            y1 = int(torch.randint(y0, h + 1, (1,), generator=g))
+            if i == 3:
+                x0, y0, x1, y1 = 0, 0, w, h
+            crop = torch.rand((y1 - y0, x1 - x0), generator=g) > (0.5 if i < 3 else -1.0)
+            dense[i, y0:y1, x0:x1] = crop
+            windows.append((x0, y0, x1, y1))
+            crops.append(crop)
+        masks = MaskCrops(torch.tensor(windows), crops, (h, w))
+        assert torch.equal(masks.dense(), dense)
+        expected = [r["counts"] for r in _encode_masks(dense.numpy())]
+        assert [r["counts"] for r in encode_crops(masks)] == expected

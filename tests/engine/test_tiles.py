@@ -85,12 +85,34 @@ def test_neighbours_that_disagree_stay_apart_and_a_view_from_outside_the_core_go
                         torch.stack([right[:, 36:100], left[:, 36:100]]))),
     ]
     merged = merge_tiles(parts, (h, w))
-    # The right disc is another object (kept); the left one, seen by both tiles with other classes, is not
-    # merged, and the second tile's view of it lies in the first tile's core: the first tile's to report.
-    assert merged.labels.tolist() == [0, 0] and merged.scores.tolist() == pytest.approx([0.9, 0.8])
+    # The right disc is another object; the left one, seen by both tiles with other classes, is two.
+    assert merged.labels.tolist() == [0, 0, 1] and merged.scores.tolist() == pytest.approx([0.9, 0.8, 0.6])
     assert torch.equal(merged.masks.dense()[1], right)
+    assert torch.equal(merged.masks.dense()[2], left)  # a detection no tile matched keeps its whole mask
     capped = merge_tiles(parts, (h, w), max_detections=1)
     assert capped.scores.tolist() == pytest.approx([0.9])
+
+
+def test_what_only_one_tile_found_keeps_its_mask_box_and_even_an_empty_mask() -> None:
+    """Objects seen by one tile only, across the middle of the overlap or in the other tile's core."""
+    h, w = 100, 164
+    tiles = tile_windows(h, w, 100, 36)
+    assert tiles == [(0, 0, 100, 100), (64, 0, 164, 100)]  # cores split at x = 82
+    across = torch.zeros((h, w), dtype=torch.bool)
+    across[10:40, 50:90] = True
+    beyond = torch.zeros((h, w), dtype=torch.bool)
+    beyond[50:60, 85:99] = True
+    empty = torch.zeros((h, w), dtype=torch.bool)
+    det = _det([[50, 10, 90, 40], [85, 50, 99, 60], [10, 70, 20, 80]], [0.9, 0.8, 0.7], [0, 0, 1],
+               torch.stack([across, beyond, empty])[:, :, 0:100])
+    empty_tile = _det([], [], [], torch.zeros((0, 100, 100), dtype=torch.bool))
+    merged = merge_tiles([(tiles[0], det), (tiles[1], empty_tile)], (h, w))
+    assert len(merged) == 3
+    assert merged.boxes.tolist() == [[50, 10, 90, 40], [85, 50, 99, 60], [10, 70, 20, 80]]
+    dense = merged.masks.dense()
+    assert torch.equal(dense[0], across) and torch.equal(dense[1], beyond) and not dense[2].any()
+    nothing = merge_tiles([(tiles[0], empty_tile), (tiles[1], empty_tile)], (h, w))
+    assert len(nothing) == 0 and nothing.masks is not None and nothing.masks.shape == (0, h, w)
 
 
 def test_a_duplicate_seen_whole_by_two_tiles_is_kept_once() -> None:

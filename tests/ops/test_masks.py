@@ -185,3 +185,23 @@ def test_degenerate_boxes_give_no_nan(rule: str) -> None:
 def test_unknown_paste_rule_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown paste rule 'nearest'"):
         paste_masks(torch.rand(1, 28, 28), torch.tensor([[1.0, 1.0, 9.0, 9.0]]), (12, 12), "nearest")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("rule", ["torchvision", "detectron2"])
+def test_cropped_paste_equals_the_full_paste(rule: str) -> None:
+    """Boxes inside, across and beyond the image's edges: the crops hold exactly the full masks' pixels."""
+    from maskrcnn.ops.masks import paste_mask_crops
+
+    g = torch.Generator().manual_seed(7)
+    for _ in range(60):
+        h, w = (int(v) for v in torch.randint(5, 60, (2,), generator=g))
+        d = int(torch.randint(0, 6, (1,), generator=g))
+        spread, shift = torch.tensor([w * 1.4, h * 1.4]), torch.tensor([w * 0.2, h * 0.2])
+        xy = torch.rand((d, 2), generator=g) * spread - shift
+        wh = torch.rand((d, 2), generator=g) * torch.tensor([w, h]) + 0.5
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        masks = torch.rand((d, 28, 28), generator=g)
+        crops = paste_mask_crops(masks, boxes, (h, w), rule)  # type: ignore[arg-type]
+        assert torch.equal(crops.dense(), paste_masks(masks, boxes, (h, w), rule))  # type: ignore[arg-type]
+        for (x0, y0, x1, y1), crop in zip(crops.windows.tolist(), crops.crops, strict=True):
+            assert 0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h and crop.shape == (y1 - y0, x1 - x0)
