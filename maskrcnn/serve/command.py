@@ -122,10 +122,13 @@ def run_serve(
         server.run(sockets=[sock])
     finally:
         sock.close()
+    # uvicorn passes the stopping signal on once it has shut down, but it can be lost: asyncio's
+    # runner swallows it when the server's task has already finished, and a process started in the
+    # background ignores SIGINT (uvicorn still caught it). Say it here, outside the event loop, so
+    # that Ctrl-C exits 130 and SIGTERM 143 whatever the timing and however the server was started.
+    if server.stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt("interrupted")
     if server.stopped_by is not None:
-        # uvicorn passes the signal on once it has shut down, but asyncio's runner swallows it when the
-        # server's task has already finished: raise it again here, outside the event loop, so that
-        # Ctrl-C exits 130 and SIGTERM 143 whatever the timing.
         signal.raise_signal(server.stopped_by)
     return 0
 
