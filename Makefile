@@ -51,7 +51,8 @@ PEER := .peer-venv
 $(PEER)/.installed:
 	test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
 	$(PEER)/bin/python -m pip install torch==2.14.1 torchvision==0.29.1 pillow numpy \
-		scikit-image pycocotools fvcore iopath omegaconf hydra-core yacs termcolor tabulate cloudpickle
+		scikit-image pycocotools fvcore iopath omegaconf hydra-core yacs termcolor tabulate cloudpickle \
+		safetensors pyyaml tqdm
 	touch $(PEER)/.installed
 
 peer-venv: $(PEER)/.installed

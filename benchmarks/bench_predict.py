@@ -94,8 +94,8 @@ def make_input(source: Path | None, size: tuple[int, int], out: Path) -> tuple[P
     return out, origin
 
 
-def time_ours(weights: Path, image_path: Path, runs: int, warmup: int) -> dict:
-    predictor = load(weights)
+def time_ours(weights: Path, image_path: Path, runs: int, warmup: int, dtype: str = "float32") -> dict:
+    predictor = load(weights, dtype=dtype)
     pixels = np.asarray(Image.open(image_path).convert("RGB"))
     model = predictor.model
     totals: list[float] = []
@@ -180,15 +180,28 @@ def compare_outputs(ours: dict, peer: dict) -> str:
     )
 
 
-def table(ours: dict, peer: dict) -> str:
-    rows = ["| stage | ours (ms) | torchvision (ms) | ours / torchvision |", "|---|---:|---:|---:|"]
+def table(ours: dict, peer: dict, bf16: dict | None = None) -> str:
+    """Milliseconds per stage: ours in float32 (and bfloat16), torchvision in float32, and the ratios."""
+    head = "| stage | ours (ms) | torchvision (ms) | ours / torchvision |"
+    rule = "|---|---:|---:|---:|"
+    if bf16 is not None:
+        head += " ours bf16 (ms) | ours bf16 / torchvision |"
+        rule += "---:|---:|"
+    rows = [head, rule]
     names = [*STAGES, "total"]
+
+    def at(side: dict, name: str) -> float:
+        return side["total"] if name == "total" else side["stages"][name]
+
     for name in names:
-        a = ours["total"] if name == "total" else ours["stages"][name]
-        b = peer["total"] if name == "total" else peer["stages"][name]
-        ratio = f"{a / b:.2f}" if b > 0 else "n/a"
+        a, b = at(ours, name), at(peer, name)
         label = "**total**" if name == "total" else name
-        rows.append(f"| {label} | {1000 * a:.1f} | {1000 * b:.1f} | {ratio} |")
+        row = f"| {label} | {1000 * a:.1f} | {1000 * b:.1f} | {a / b:.2f} |" if b > 0 else \
+            f"| {label} | {1000 * a:.1f} | {1000 * b:.1f} | n/a |"
+        if bf16 is not None:
+            c = at(bf16, name)
+            row += f" {1000 * c:.1f} | {c / b:.2f} |" if b > 0 else f" {1000 * c:.1f} | n/a |"
+        rows.append(row)
     return "\n".join(rows)
 
 
@@ -200,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, help="source image (default: first balloon val image)")
     parser.add_argument("--size", type=parse_size, default=(800, 1066), help="HxW to resize to")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="also time ours with the network in bfloat16 (load(dtype='bfloat16'))")
     parser.add_argument("--peer-python", type=Path, default=DEFAULT_PEER_PYTHON,
                         help="python of the peer environment (default .peer-venv/bin/python)")
     args = parser.parse_args(argv)
@@ -213,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         weights = write_fixture_weights(reference_dir() / FIXTURE, tmp_dir / "maskrcnn_r50_fpn.pth")
         print(f"input: {origin} -> {args.size[0]}x{args.size[1]}; timing ours ...", file=sys.stderr)
         ours = time_ours(weights, image, args.runs, args.warmup)
+        bf16 = None
+        if args.bfloat16:
+            print("timing ours in bfloat16 ...", file=sys.stderr)
+            bf16 = time_ours(weights, image, args.runs, args.warmup, dtype="bfloat16")
         print("timing torchvision ...", file=sys.stderr)
         peer = time_peer(args.peer_python, weights, image, args.runs, args.warmup, args.threads)
 
@@ -225,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         f"detections: ours {ours['detections']}, torchvision {peer['detections']}"
     )
     print()
-    print(table(ours, peer))
+    print(table(ours, peer, bf16))
     print()
     print(agreement)
 
@@ -238,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "image": origin,
             "image_size": [h, w],
             "ours": ours,
+            "ours_bfloat16": bf16,
             "torchvision": peer,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import shlex
 import signal
 import sys
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
-from .engine.flags import device_problem, unit_interval
+from .engine.flags import add_dtype_argument, device_problem, dtype_problem, unit_interval
 from .engine.tiles import add_tile_arguments, check_tile_arguments, tiled_predictor
 from .serve.command import add_serve_parser
 
@@ -90,6 +91,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=unit_interval, default=None, metavar="T",
                    help="keep detections scoring above T, any T in [0, 1] (default: the model's own, 0.05)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_dtype_argument(p)
 
 
 def _add_format_argument(p: argparse.ArgumentParser) -> None:
@@ -101,6 +103,9 @@ def _check_model_arguments(args: argparse.Namespace) -> None:
     """Usage errors in ``add_model_arguments``' flags, found before anything is read."""
     _at_least("--batch-size", args.batch_size, 1)
     _device(args.device)
+    problem = dtype_problem(args.dtype, args.device)
+    if problem:
+        raise UsageError(problem)
 
 
 def _load_predictor(args: argparse.Namespace) -> Any:
@@ -111,9 +116,9 @@ def _load_predictor(args: argparse.Namespace) -> Any:
         raise Failure(f"{args.weights}: no such checkpoint file (--weights)")
     try:
         return load(args.weights, device=args.device or "cpu", format=args.format,
-                    score_threshold=args.score_threshold, runtime=args.runtime)
-    except ValueError as e:  # a runtime that does not run this file, a device it has not
-        raise UsageError(f"{e} (--runtime, --device)") from e
+                    score_threshold=args.score_threshold, runtime=args.runtime, dtype=args.dtype)
+    except ValueError as e:  # a runtime that does not run this file, a device or type it has not
+        raise UsageError(f"{e} (--runtime, --device, --dtype)") from e
     except ImportError as e:
         raise Failure(f"{args.weights} needs {e.name or 'a package'} to run: "
                       "pip install 'maskrcnn[deploy]'") from e
@@ -162,8 +167,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from .data.images import collect_images
-    from .engine.video import VIDEO_EXTENSIONS, ResultsWriter, is_video, run_video_prediction
-    from .engine.visualize import draw_detections, picture_paths
+    from .engine.sharding import ShardedPredictor, drain, is_main, process_group, quiet_unless_main
+    from .engine.video import VIDEO_EXTENSIONS, is_video
+    from .engine.visualize import picture_paths
 
     _check_model_arguments(args)
     _at_least("--every", args.every, 1)
@@ -188,15 +194,50 @@ def run_predict(args: argparse.Namespace) -> int:
             pictures = picture_paths([name for _, name in items], viz_dir)
         except ValueError as e:
             raise Failure(str(e)) from e
-    predictor = _tiled(_load_predictor(args), args)
-    keypoint_head = predictor.config.keypoint_head
-    skeleton = keypoint_head.skeleton if keypoint_head is not None else ()
+    # Under torchrun, each process predicts its share of the images and draws their pictures; rank 0
+    # gets every image's detections in input order and alone writes the results and prints (and
+    # predicts the videos, after the images).
+    with process_group(args.device) as exchange, quiet_unless_main(exchange):
+        predictor = _tiled(_load_predictor(_for_this_process(args, exchange)), args)
+        keypoint_head = predictor.config.keypoint_head
+        skeleton = keypoint_head.skeleton if keypoint_head is not None else ()
+        draw = functools.partial(_save_picture, pictures, skeleton) if viz_dir else None
+        predictions = ShardedPredictor(predictor, exchange).predict_files(
+            [path for path, _ in items], batch_size=args.batch_size,
+            progress=len(items) >= PROGRESS_MIN_IMAGES, on_predicted=draw)
+        if not is_main(exchange):
+            drain(predictions)
+            return 0
+        return _write_predictions(args, predictor, predictions, items, videos, viz_dir, skeleton)
+
+
+def _for_this_process(args: argparse.Namespace, exchange: Any) -> argparse.Namespace:
+    """``args`` with ``--device cuda`` made this process's own GPU under torchrun."""
+    from .engine.sharding import process_device
+
+    return argparse.Namespace(**{**vars(args), "device": process_device(args.device, exchange)})
+
+
+def _save_picture(pictures: Sequence[Path], skeleton: Sequence[tuple[int, int]], prediction: Any) -> None:
+    """``--viz``: the picture of one image's detections, written where it was predicted."""
+    from .engine.visualize import draw_detections
+
+    det, path = prediction.detections, pictures[prediction.index]
+    picture = draw_detections(prediction.image, det.boxes, det.names, det.scores, det.masks, det.keypoints,
+                              skeleton)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+
+
+def _write_predictions(args: argparse.Namespace, predictor: Any, predictions: Any, items: Sequence[Any],
+                       videos: Sequence[Any], viz_dir: Path | None,
+                       skeleton: Sequence[tuple[int, int]]) -> int:
+    """``predict``'s results file (images in input order, then videos) and summary; the exit status."""
+    from .engine.video import ResultsWriter, run_video_prediction
 
     failed: list[str] = []
     done: list[str] = []
     with ResultsWriter(args.out) as results:
-        predictions = predictor.predict_files([path for path, _ in items], batch_size=args.batch_size,
-                                              progress=len(items) >= PROGRESS_MIN_IMAGES)
         try:
             with contextlib.closing(predictions):  # closes the progress bar however the loop ends
                 for prediction in predictions:
@@ -206,11 +247,6 @@ def run_predict(args: argparse.Namespace) -> int:
                         failed.append(name)
                         continue
                     results.add(predictor.coco_results(det, name))
-                    if viz_dir is not None:
-                        picture = draw_detections(prediction.image, det.boxes, det.names, det.scores,
-                                                  det.masks, det.keypoints, skeleton)
-                        pictures[index].parent.mkdir(parents=True, exist_ok=True)
-                        picture.save(pictures[index])
                     done.append(name)
             summary = None
             if videos:
@@ -256,26 +292,33 @@ def _tiled(predictor: Any, args: argparse.Namespace) -> Any:
 def run_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate, format_table
     from .engine.results import write_json_atomic
+    from .engine.sharding import ShardedPredictor, is_main, process_group, quiet_unless_main
 
     _check_model_arguments(args)
     _check_tile_arguments(args)
     _at_least("--max-images", args.max_images, 1)
-    converted = _read_source(args.json, args.images, args, role="val", flag="--json")
-    image_dir = converted.image_dir
-    entries = converted.coco.get("images")
-    entries = entries[: args.max_images] if isinstance(entries, list) else []
-    if not entries:
-        raise Failure(f"{args.json}: lists no images; nothing to evaluate")
-    names = [str(entry.get("file_name", "")) if isinstance(entry, dict) else "" for entry in entries]
-    if not any((image_dir / name).is_file() for name in names if name):
-        raise Failure(f"{image_dir}: none of the {len(names)} image(s) that {args.json} lists is in this "
-                      f"folder (e.g. {names[0] or '?'}); give the folder they are in as --images")
-    predictor = _tiled(_load_predictor(args), args)
-    config = predictor.config
-    _, gt = _ground_truth(converted, config.class_names, config.category_ids, "--json")
+    # Under torchrun, each process predicts its share of the images; rank 0 gets every image's
+    # detections in the annotations' order and alone scores them, writes and prints. (The others'
+    # `evaluate` scores no image, in no time, and they return.)
+    with process_group(args.device) as exchange, quiet_unless_main(exchange):
+        converted = _read_source(args.json, args.images, args, role="val", flag="--json")
+        image_dir = converted.image_dir
+        entries = converted.coco.get("images")
+        entries = entries[: args.max_images] if isinstance(entries, list) else []
+        if not entries:
+            raise Failure(f"{args.json}: lists no images; nothing to evaluate")
+        names = [str(entry.get("file_name", "")) if isinstance(entry, dict) else "" for entry in entries]
+        if not any((image_dir / name).is_file() for name in names if name):
+            raise Failure(f"{image_dir}: none of the {len(names)} image(s) that {args.json} lists is in this "
+                          f"folder (e.g. {names[0] or '?'}); give the folder they are in as --images")
+        predictor = _tiled(_load_predictor(_for_this_process(args, exchange)), args)
+        config = predictor.config
+        _, gt = _ground_truth(converted, config.class_names, config.category_ids, "--json")
 
-    metrics, results = evaluate(predictor, gt, image_dir, batch_size=args.batch_size,
-                                max_images=args.max_images)
+        metrics, results = evaluate(ShardedPredictor(predictor, exchange), gt, image_dir,
+                                    batch_size=args.batch_size, max_images=args.max_images)
+        if not is_main(exchange):
+            return 0
     print(format_table(metrics))
     write_json_atomic(args.out, metrics, indent=2)
     if args.results:

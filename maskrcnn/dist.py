@@ -52,13 +52,16 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(values, t.tolist(), strict=True))
 
 
-def setup_distributed() -> None:
+def setup_distributed(device: str | None = None) -> None:
     """Join the process group that ``torchrun`` describes in the environment (no-op otherwise).
 
     NCCL on GPUs (each process on its ``LOCAL_RANK`` device), gloo on CPUs.
+    ``device`` is the command's ``--device``: a CPU run takes gloo even on a
+    machine with GPUs (None: GPUs when there are any).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        on_gpu = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+        backend = "nccl" if on_gpu else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend)

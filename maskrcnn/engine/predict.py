@@ -31,6 +31,7 @@ from ..config import ModelConfig
 from ..data.images import ImageReadError, load_image, to_rgb_array
 from ..data.transforms import make_batch
 from ..model import MaskRCNN, build_model
+from ..model.precision import cast_for_inference, check_dtype, dtype_name, network_dtype, parse_dtype
 from ..structures import Detections, ImageBatch
 
 ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
@@ -235,12 +236,14 @@ class Predictor(BasePredictor):
         # The caller's model, on the predictor's device; its mode is left alone (each
         # prediction runs in eval mode and restores the modes it found).
         self.model = model.to(self.device)
+        # The network's number type (``load(dtype=...)`` casts it); the input is given the same.
+        self.dtype = network_dtype(self.model)
 
     def prepare(self, images: Sequence[np.ndarray], *, resize: bool = True) -> ImageBatch:
         """``(H, W, 3)`` uint8 RGB arrays -> the model's input batch on the predictor's device
         (``resize=False``: at the images' own size, not the config's input size)."""
         batch = make_batch(list(images), self.config.input, self.device, resize=resize)
-        batch.tensor = batch.tensor.contiguous(memory_format=torch.channels_last)
+        batch.tensor = batch.tensor.to(self.dtype).contiguous(memory_format=torch.channels_last)
         return batch
 
     def run(
@@ -290,13 +293,20 @@ def load(
     format: str | None = None,
     score_threshold: float | None = None,
     runtime: str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> BasePredictor:
     """Load a model for prediction.
 
     A checkpoint (ours, torchvision's or Detectron2's, detected from its
     keys) runs in PyTorch; a file written by ``maskrcnn export`` (``.onnx``)
     runs in ONNX Runtime, or in OpenVINO with ``runtime="openvino"``.
+
+    ``dtype`` (``"float32"``, the default, ``"bfloat16"``, or ``"float16"`` on
+    CUDA) is the type the network computes in; boxes, scores and masks stay
+    float32 (see ``model.precision``). Exported models compute in float32.
     """
+    dtype = parse_dtype(dtype)
+    check_dtype(dtype, device)
     from ..export.runtime import ONNX_SUFFIXES, RUNTIMES, load_onnx
 
     exported = Path(path).suffix.lower() in ONNX_SUFFIXES
@@ -310,6 +320,9 @@ def load(
                              f"checkpoint first: maskrcnn export --weights {path} --out model.onnx")
         if torch.device(device).type != "cpu":
             raise ValueError(f"exported models run on the CPU here, not on {device}")
+        if dtype != torch.float32:
+            raise ValueError(f"{path}: exported models compute in float32 here; --dtype {dtype_name(dtype)} "
+                             "is for checkpoints run in torch")
         return load_onnx(path, runtime=runtime, score_threshold=score_threshold)
     if exported:
         raise ValueError(f"{path}: an exported model runs in onnxruntime or openvino, not in torch")
@@ -320,5 +333,5 @@ def load(
     model.load_state_dict(state, strict=True)
     # Convolutions run faster on channels-last tensors (measured 21% less time for a whole
     # R50-FPN prediction on the CPU); the values are the same. The model is the predictor's own.
-    model = model.to(memory_format=torch.channels_last).eval()
+    model = cast_for_inference(model.to(memory_format=torch.channels_last).eval(), dtype)
     return Predictor(model, config, device=device, score_threshold=score_threshold)

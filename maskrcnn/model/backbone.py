@@ -83,8 +83,10 @@ def conv_bn(x: Tensor, conv: nn.Conv2d, norm: nn.Module) -> Tensor:
     """``norm(conv(x))``; a frozen batch norm is folded into the convolution's weights and bias."""
     if not isinstance(norm, FrozenBatchNorm2d):
         return norm(conv(x))
+    # The statistics stay float32 (model.precision); the folded weights are rounded once to the conv's type.
     scale, shift = norm.scale_and_shift()
-    weight = conv.weight * scale[:, None, None, None]
+    weight = (conv.weight * scale[:, None, None, None]).to(conv.weight.dtype)
+    shift = shift.to(conv.weight.dtype)
     return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 

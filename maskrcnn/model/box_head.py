@@ -30,6 +30,7 @@ from ..ops.matching import BalancedSampler
 from ..ops.nms import batched_nms
 from ..structures import Detections, Proposals, RoISamples, Targets
 from .poolers import MultiLevelRoIPooler
+from .precision import widened
 
 
 class BoxHead(nn.Module):
@@ -84,6 +85,8 @@ def detect_boxes(
 ) -> list[Detections]:
     """Per-class detections of each image from the box head's outputs (boxes in network-input pixels)."""
     num_classes = box_deltas.shape[1] // 4
+    # float32 whatever the network's type: the softmax, decoding and NMS run in float32 (model.precision).
+    class_logits, box_deltas = widened(class_logits), widened(box_deltas)
     boxes_all = box_coder.decode(box_deltas, torch.cat(proposals))  # (R, 4K)
     scores_all = F.softmax(class_logits, dim=1)[:, 1:]  # (R, K): drop background
     result = []

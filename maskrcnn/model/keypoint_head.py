@@ -30,6 +30,7 @@ from ..dist import global_normaliser
 from ..ops.chunks import size_chunks
 from ..structures import RoISamples, Targets
 from .poolers import MultiLevelRoIPooler
+from .precision import widened
 
 # The free parameter of Keys' cubic convolution kernel used by PyTorch's (and
 # OpenCV's) bicubic interpolation; the heatmap resize must use the same kernel
@@ -271,4 +272,4 @@ class KeypointBranch(nn.Module):
 
     def predict(self, features: Tensor, boxes: Tensor) -> Tensor:
         """Keypoints ``(D, P, 3)``, ``(x, y, score)``, of the detections ``boxes (D, 4)``, in their pixels."""
-        return keypoint_heatmaps_to_xy(self.head(features), boxes)
+        return keypoint_heatmaps_to_xy(widened(self.head(features)), boxes)  # float32 maps

@@ -26,6 +26,7 @@ from ..ops.masks import paste_mask_crops
 from ..ops.roi_align import roi_align
 from ..structures import MaskCrops, RoISamples, Targets
 from .poolers import MultiLevelRoIPooler
+from .precision import widened
 
 
 class MaskHead(nn.Module):
@@ -77,12 +78,13 @@ def mask_probabilities(
     """
     index = torch.arange(labels.shape[0], device=labels.device)
     match representation:
+        # float32 whatever the network's type, before the 0.5 threshold of pasting.
         case "sigmoid":
-            return mask_logits[index, labels].sigmoid()
+            return widened(mask_logits[index, labels]).sigmoid()
         case "softmax":
-            return mask_logits.softmax(dim=1)[index, labels + 1]
+            return widened(mask_logits).softmax(dim=1)[index, labels + 1]
         case "class_agnostic":
-            return mask_logits[:, 0].sigmoid()
+            return widened(mask_logits[:, 0]).sigmoid()
         case _:
             raise ValueError(f"unknown mask representation {representation!r}: "
                              f"expected one of {get_args(MaskRepresentation)}")

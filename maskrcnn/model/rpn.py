@@ -34,6 +34,7 @@ from ..ops.matching import BalancedSampler
 from ..ops.nms import batched_nms
 from ..structures import ImageBatch, Proposals, Targets
 from .anchors import AnchorGenerator
+from .precision import widened
 
 
 class RPNHead(nn.Module):
@@ -138,8 +139,10 @@ class RPN(nn.Module):
         decoded, clipped to the image, small and non-finite boxes dropped, NMS
         within each level, then the ``topk.post_nms`` best over all levels.
         """
-        logits = out.logits.detach()
-        deltas = out.deltas.detach()
+        # float32 whatever the network's type, so that the sigmoid, decoding and NMS that follow
+        # are float32 arithmetic (model.precision).
+        logits = widened(out.logits.detach())
+        deltas = widened(out.deltas.detach())
         # Top-k per level, for all images at once.
         picked, levels, start = [], [], 0
         for level, a in enumerate(out.anchors):

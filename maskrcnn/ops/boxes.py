@@ -104,8 +104,13 @@ class BoxCoder:
         )
 
     def decode(self, deltas: Tensor, reference: Tensor) -> Tensor:
-        """``(R, 4k), (R, 4) -> (R, 4k)``: one box per group of 4 deltas (k classes)."""
-        reference = reference.to(deltas.dtype)
+        """``(R, 4k), (R, 4) -> (R, 4k)``: one box per group of 4 deltas (k classes).
+
+        Computed in the wider of the two types: bfloat16 deltas of float32
+        anchors give float32 boxes (bfloat16 would round x = 800 to 4 pixels).
+        """
+        dtype = torch.promote_types(deltas.dtype, reference.dtype)
+        deltas, reference = deltas.to(dtype), reference.to(dtype)
         wx, wy, ww, wh = self.weights
         pw = (reference[:, 2] - reference[:, 0])[:, None]
         ph = (reference[:, 3] - reference[:, 1])[:, None]

@@ -19,14 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..engine.flags import device_problem, unit_interval
+from ..engine.flags import add_dtype_argument, device_problem, dtype_problem, unit_interval
 from ..engine.tiles import add_tile_arguments
 from .limits import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DTYPES = ("float32",)
-_REFUSED_DTYPES = ("bfloat16", "float16")
 
 
 def add_serve_parser(
@@ -54,10 +52,7 @@ def add_serve_parser(
                    help="keep detections scoring above T, any T in [0, 1], for requests that give no "
                         "score_threshold of their own (default: the model's own, 0.05)")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    s.add_argument("--dtype", type=_dtype, default="float32",
-                   help="number type of the computation: float32 only. bfloat16 and float16 are refused: "
-                        "the box decoder computes coordinates in the network's type, which would round "
-                        "boxes (to 4 px at x = 800 in bfloat16)")
+    add_dtype_argument(s)
     s.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to listen on (default: {DEFAULT_HOST}, this machine only; 0.0.0.0: every "
                         "interface)")
@@ -100,13 +95,16 @@ def run_serve(
     if not weights.is_file():
         raise failure(f"{weights}: no such checkpoint file (--weights)")
     _check_device(args.device, usage_error)
+    problem = dtype_problem(args.dtype, args.device)
+    if problem:
+        raise usage_error(problem)
     sock = listen(args.host, args.port, usage_error=usage_error, failure=failure)
     try:
         try:
             predictor = load(weights, device=args.device, format=args.format,
-                             score_threshold=args.score_threshold, runtime=args.runtime)
-        except ValueError as e:  # a runtime that does not run this file, a device it has not
-            raise usage_error(f"{e} (--runtime, --device)") from e
+                             score_threshold=args.score_threshold, runtime=args.runtime, dtype=args.dtype)
+        except ValueError as e:  # a runtime that does not run this file, a device or type it has not
+            raise usage_error(f"{e} (--runtime, --device, --dtype)") from e
         except ImportError as e:
             raise failure(f"{weights} needs {e.name or 'a package'} to run: "
                           "pip install 'maskrcnn[deploy]'") from e
@@ -117,7 +115,7 @@ def run_serve(
         shown = f"[{host}]" if ":" in host else host
         runtime = getattr(predictor, "runtime", "torch")
         print(f"serving {weights.name} at http://{shown}:{port}/ ({runtime} on {predictor.device}, "
-              f"max batch {args.max_batch}); Ctrl-C to stop", file=sys.stderr, flush=True)
+              f"{args.dtype}, max batch {args.max_batch}); Ctrl-C to stop", file=sys.stderr, flush=True)
         server = _make_server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
         server.run(sockets=[sock])
     finally:
@@ -212,13 +210,3 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is outside 0..65535")
     return value
-
-
-def _dtype(text: str) -> str:
-    if text in DTYPES:
-        return text
-    if text in _REFUSED_DTYPES:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not supported: the box decoder computes coordinates in the network's number type, "
-            "which would round the boxes; use float32")
-    raise argparse.ArgumentTypeError(f"{text!r} is not a number type; use float32")

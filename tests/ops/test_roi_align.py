@@ -218,6 +218,59 @@ def test_gradcheck_features(aligned: bool) -> None:
         )
 
 
+def _gather_gradient(
+    features: torch.Tensor, rois: torch.Tensor, grad: torch.Tensor, *args: object
+) -> torch.Tensor:
+    """The features' gradient by autograd through the forward's gather and matrix products."""
+    f = features.detach().requires_grad_(True)
+    out = ROI_ALIGN_MODULE._roi_align(f, rois, *args)[0]
+    (out * grad).sum().backward()
+    assert f.grad is not None
+    return f.grad
+
+
+@pytest.mark.parametrize("chunk_elements", [None, 3_000])
+def test_backward_equals_autograd_through_the_forward_on_random_cases(
+    chunk_elements: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-written backward against autograd of the forward, over 60 random maps, RoI sets
+    (inside, across the border, outside, degenerate) and settings; with small chunks too."""
+    if chunk_elements is not None:
+        monkeypatch.setattr(ROI_ALIGN_MODULE, "_CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(11)
+    for case in range(60):
+        n, c = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(1, 6, (1,), generator=g))
+        h, w = (int(v) for v in torch.randint(2, 30, (2,), generator=g))
+        scale = [1.0, 0.5, 0.25, 0.125][case % 4]
+        r = int(torch.randint(1, 40, (1,), generator=g))
+        corners = (torch.rand(r, 2, 2, generator=g) * 1.4 - 0.2) * torch.tensor([w, h]) / scale
+        boxes = torch.cat((corners.min(dim=1).values, corners.max(dim=1).values), dim=1)
+        rois = torch.cat((torch.randint(0, n, (r, 1), generator=g).double(), boxes.double()), dim=1)
+        features = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+        output_size, sampling_ratio, aligned = [7, 2, 5][case % 3], [0, 1, 2][(case // 3) % 3], case % 2 == 0
+        args = (output_size, scale, sampling_ratio, aligned)
+        grad = torch.randn(r, c, output_size, output_size, generator=g, dtype=torch.float64)
+        f = features.clone().requires_grad_(True)
+        out = roi_align(f, rois, *args)
+        (out * grad).sum().backward()
+        torch.testing.assert_close(out.detach(), roi_align(features, rois, *args), rtol=0, atol=0)
+        expected = _gather_gradient(features, rois, grad, *args)
+        torch.testing.assert_close(f.grad, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_backward_in_float32_and_bfloat16_features() -> None:
+    """The gradient comes back in the features' own type and layout-free shape."""
+    features = _features(n=3, c=4, h=9, w=10, seed=2)
+    rois = _rois(1.0)[:5]
+    grad = torch.randn(5, 4, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expected = _gather_gradient(features, rois, grad, 3, 1.0, 2, True)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2)):
+        f = features.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        (roi_align(f, rois.float(), 3, 1.0, 2, True) * grad.to(dtype)).sum().backward()
+        assert f.grad is not None and f.grad.dtype == dtype and f.grad.shape == features.shape
+        torch.testing.assert_close(f.grad.double(), expected, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("chunk_elements", [None, 40_000])
 def test_linear_map_gives_bin_centres(
