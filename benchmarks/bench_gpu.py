@@ -931,16 +931,16 @@ def bench_training(plan: Plan, device: torch.device, report: Report, budget: Bud
     record: dict[str, Any] = {"batch": b, "amp": use_amp}
     sides: list[tuple[str, Callable[[], Callable[[int], float]]]] = []
 
-    def ours_step() -> Callable[[int], float]:
-        model, cfg = our_training_model(weights, device)
-        instances = [synthetic_instances(plan.size, 6, cfg.num_classes, seed) for seed in range(b)]
-        batch, targets = training_batch(images, cfg.input, device), our_targets(instances, device)
+    def sgd_step(
+        model: torch.nn.Module, losses_of: Callable[[], dict[str, torch.Tensor]]
+    ) -> Callable[[int], float]:
+        """One SGD step of ``model`` (AMP when asked) on the losses ``losses_of()`` returns."""
         optimizer = torch.optim.SGD(parameter_groups(model, 1e-4), lr=1e-3, momentum=0.9)
         scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
 
         def step(_: int) -> float:
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                losses = model(batch, targets)
+                losses = losses_of()
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
@@ -949,26 +949,19 @@ def bench_training(plan: Plan, device: torch.device, report: Report, budget: Bud
             return float(total.detach())
 
         return step
+
+    def ours_step() -> Callable[[int], float]:
+        model, cfg = our_training_model(weights, device)
+        instances = [synthetic_instances(plan.size, 6, cfg.num_classes, seed) for seed in range(b)]
+        batch, targets = training_batch(images, cfg.input, device), our_targets(instances, device)
+        return sgd_step(model, lambda: model(batch, targets))
 
     def tv_step() -> Callable[[int], float]:
         model = torchvision_model(weights, device, size_override).train()
         instances = [synthetic_instances(plan.size, 6, 90, seed) for seed in range(b)]
         targets = torchvision_targets(instances, device)
         inputs = torchvision_inputs(images, device)
-        optimizer = torch.optim.SGD(parameter_groups(model, 1e-4), lr=1e-3, momentum=0.9)
-        scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-
-        def step(_: int) -> float:
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                losses = model(inputs, targets)
-            total = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            return float(total.detach())
-
-        return step
+        return sgd_step(model, lambda: model(inputs, targets))
 
     sides.append(("ours", ours_step))
     if torchvision is not None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -48,16 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SIDES = ("ours", "torchvision")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def balloon_batch(data: Path, count: int = 2) -> list[dict[str, Any]]:
@@ -228,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                  str(args.warmup), "--threads", str(args.threads), "--data", str(data)],
                 env=env, stdout=subprocess.PIPE, text=True, check=True)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    from bench_predict import cpu_model  # beside this script
+
     first = rows[0]
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"CPU: {cpu_model()}; torch {first['torch']} (both sides), {first['threads']} threads; batch 2 "
