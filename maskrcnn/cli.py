@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import copy
 import functools
+import os
 import shlex
 import signal
 import sys
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
-from .engine.flags import add_dtype_argument, device_problem, dtype_problem, unit_interval
+from .engine.flags import add_dtype_argument, device_problem, dtype_problem, dtype_warning, unit_interval
 from .engine.tiles import add_tile_arguments, check_tile_arguments, tiled_predictor
 from .serve.command import add_serve_parser
 
@@ -106,6 +107,9 @@ def _check_model_arguments(args: argparse.Namespace) -> None:
     problem = dtype_problem(args.dtype, args.device)
     if problem:
         raise UsageError(problem)
+    slow = dtype_warning(args.dtype, args.device)
+    if slow and os.environ.get("RANK", "0") == "0":  # once, also under torchrun
+        print(f"warning: {slow}", file=sys.stderr)
 
 
 def _load_predictor(args: argparse.Namespace) -> Any:

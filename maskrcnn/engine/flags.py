@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-__all__ = ["add_dtype_argument", "device_problem", "dtype_problem", "unit_interval"]
+__all__ = ["add_dtype_argument", "device_problem", "dtype_problem", "dtype_warning", "unit_interval"]
 
 
 def device_problem(name: str) -> str | None:
@@ -38,6 +38,32 @@ def dtype_problem(dtype: str, device: str | None) -> str | None:
     if dtype == "float16" and torch.device(device or "cpu").type == "cpu":
         return "--dtype float16 runs on CUDA only; on the CPU use --dtype bfloat16"
     return None
+
+
+def dtype_warning(dtype: str, device: str | None, cpu_flags: set[str] | None = None) -> str | None:
+    """A warning (one line) when ``--dtype bfloat16`` would run slowly: on a CPU whose flags
+    (``/proc/cpuinfo``; ``cpu_flags`` to override) show no bfloat16 instructions, where it is emulated.
+    None when it runs natively, or when the CPU's flags cannot be read."""
+    if dtype != "bfloat16" or torch.device(device or "cpu").type != "cpu":
+        return None
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    if not flags or flags & {"avx512_bf16", "amx_bf16", "bf16"}:  # x86 AVX512-BF16 or AMX, Arm BF16
+        return None
+    return ("--dtype bfloat16: this CPU has no bfloat16 instructions (AVX512-BF16, AMX), so bfloat16 is "
+            "emulated and likely slower than float32")
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU feature flags Linux lists (x86 ``flags``, Arm ``Features``); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
 
 
 def unit_interval(text: str) -> float:

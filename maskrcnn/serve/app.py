@@ -122,6 +122,8 @@ def create_app(
             "classes": list(predictor.config.class_names),
             "device": str(getattr(predictor, "device", "cpu")),
             "runtime": getattr(predictor, "runtime", "torch"),
+            # The network's number type (exported models compute in float32).
+            "dtype": str(getattr(predictor, "dtype", "float32")).removeprefix("torch."),
             "score_threshold": default_threshold,
             "max_batch": max_batch,
             "max_upload_mb": max_upload_bytes / 2**20,

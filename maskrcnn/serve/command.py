@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..engine.flags import add_dtype_argument, device_problem, dtype_problem, unit_interval
+from ..engine.flags import add_dtype_argument, device_problem, dtype_problem, dtype_warning, unit_interval
 from ..engine.tiles import add_tile_arguments
 from .limits import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 
@@ -98,6 +98,9 @@ def run_serve(
     problem = dtype_problem(args.dtype, args.device)
     if problem:
         raise usage_error(problem)
+    slow = dtype_warning(args.dtype, args.device)
+    if slow:
+        print(f"warning: {slow}", file=sys.stderr)
     sock = listen(args.host, args.port, usage_error=usage_error, failure=failure)
     try:
         try:

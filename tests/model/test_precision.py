@@ -14,6 +14,7 @@ from maskrcnn.cli import main
 from maskrcnn.data.images import load_image
 from maskrcnn.data.synthetic import make_demo_dataset
 from maskrcnn.engine.evaluate import evaluate
+from maskrcnn.engine.flags import dtype_warning
 from maskrcnn.model.backbone import FrozenBatchNorm2d
 from maskrcnn.model.precision import cast_for_inference, network_dtype, parse_dtype
 from maskrcnn.ops.boxes import BoxCoder, box_iou
@@ -130,3 +131,13 @@ def test_evaluate_and_predict_take_dtype(tmp_path: Path, capsys: pytest.CaptureF
     error_line(capsys.readouterr().err, "--dtype float16", "CUDA")
     with pytest.raises(ValueError, match="float16 runs on CUDA only"):
         maskrcnn.load(weights, dtype="float16")
+
+
+def test_bfloat16_on_a_cpu_without_bfloat16_instructions_is_warned_about() -> None:
+    zen3 = {"avx2", "fma", "avx"}
+    assert "emulated" in dtype_warning("bfloat16", "cpu", cpu_flags=zen3)
+    for native in ({"avx512f", "avx512_bf16"}, {"amx_bf16", "amx_tile"}, {"asimd", "bf16"}):
+        assert dtype_warning("bfloat16", "cpu", cpu_flags=native) is None
+    assert dtype_warning("float32", "cpu", cpu_flags=zen3) is None
+    assert dtype_warning("bfloat16", "cuda", cpu_flags=zen3) is None
+    assert dtype_warning("bfloat16", "cpu", cpu_flags=set()) is None  # flags unknown: no guess

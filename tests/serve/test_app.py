@@ -69,7 +69,7 @@ def test_health_names_the_model(client: TestClient) -> None:
     health = response.json()
     assert health["model"] == "small.safetensors"
     assert health["classes"] == ["thing0", "thing1", "thing2"]
-    assert (health["device"], health["runtime"]) == ("cpu", "torch")
+    assert (health["device"], health["runtime"], health["dtype"]) == ("cpu", "torch", "float32")
     assert health["score_threshold"] == 0.05 and health["max_batch"] == 4
 
 
