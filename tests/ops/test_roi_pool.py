@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -102,3 +103,56 @@ def test_gradient_reaches_the_maxima_only() -> None:
     expected = torch.zeros(1, 1, 4, 4)
     expected[0, 0, 3, 3] = 1.0
     assert torch.equal(f.grad, expected)
+
+
+def _masked_max_gradient(features: torch.Tensor, rois: torch.Tensor, grad: torch.Tensor, p: int,
+                         scale: float) -> torch.Tensor:
+    """The gradient by autograd through the forward's masked maxima (no ties in random features)."""
+    f = features.detach().requires_grad_(True)
+    out = ROI_POOL_MODULE._roi_pool(f, rois, p, scale, with_argmax=False)[0].permute(0, 3, 1, 2)
+    (out * grad).sum().backward()
+    assert f.grad is not None
+    return f.grad
+
+
+ROI_POOL_MODULE = sys.modules["maskrcnn.ops.roi_pool"]
+
+
+@pytest.mark.parametrize("chunk_elements", [None, 2_000])
+def test_backward_sends_each_bin_to_its_maximum_on_random_cases(
+    chunk_elements: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The argmax backward against autograd of the masked maxima, over 60 random maps and RoI sets
+    (inside, across the border, entirely outside: empty bins get nothing), with small chunks too."""
+    if chunk_elements is not None:
+        monkeypatch.setattr(ROI_POOL_MODULE, "_CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(5)
+    for case in range(60):
+        n, c = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(1, 6, (1,), generator=g))
+        h, w = (int(v) for v in torch.randint(2, 25, (2,), generator=g))
+        scale = [1.0, 0.5, 0.25][case % 3]
+        r = int(torch.randint(1, 30, (1,), generator=g))
+        corners = (torch.rand(r, 2, 2, generator=g) * 1.6 - 0.3) * torch.tensor([w, h]) / scale
+        boxes = torch.cat((corners.min(dim=1).values, corners.max(dim=1).values), dim=1)
+        rois = torch.cat((torch.randint(0, n, (r, 1), generator=g).double(), boxes.double()), dim=1)
+        features = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+        p = [7, 2, 3][case % 3]
+        grad = torch.randn(r, c, p, p, generator=g, dtype=torch.float64)
+        f = features.clone().requires_grad_(True)
+        out = roi_pool(f, rois, p, scale)
+        (out * grad).sum().backward()
+        torch.testing.assert_close(out.detach(), roi_pool(features, rois, p, scale), rtol=0, atol=0)
+        expected = _masked_max_gradient(features, rois, grad, p, scale)
+        torch.testing.assert_close(f.grad, expected, rtol=0, atol=1e-12)
+
+
+def test_gradcheck_and_float32_gradient() -> None:
+    features = torch.randn(2, 3, 9, 11, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rois = torch.tensor([[0, 1.2, 0.7, 7.9, 6.1], [1, -3.0, 2.0, 4.0, 12.0], [1, 20.0, 20.0, 30.0, 30.0]],
+                        dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda f: roi_pool(f, rois, 3, 1.0), (features.requires_grad_(True),))
+    f32 = features.detach().float().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    roi_pool(f32, rois.float(), 3, 1.0).sum().backward()
+    assert f32.grad is not None and f32.grad.dtype == torch.float32
+    torch.testing.assert_close(f32.grad.double(), _masked_max_gradient(
+        features, rois, torch.ones(3, 3, 3, 3, dtype=torch.float64), 3, 1.0))
