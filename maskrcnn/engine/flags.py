@@ -29,8 +29,8 @@ def add_dtype_argument(p: argparse.ArgumentParser) -> None:
     """``--dtype float32|bfloat16|float16``: the number type the network computes in."""
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="number type of the network (default: float32). bfloat16 is about twice as fast "
-                        "on CPUs with AVX512-BF16 or AMX, and on GPUs; float16 is for CUDA. Boxes, scores "
-                        "and masks are computed in float32 either way")
+                        "on CPUs with AVX512-BF16 or AMX; float16 is for CUDA. Boxes, scores and masks "
+                        "are computed in float32 either way")
 
 
 def dtype_problem(dtype: str, device: str | None) -> str | None:

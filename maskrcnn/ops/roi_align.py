@@ -178,7 +178,8 @@ def roi_align(
     n, c, h, w = features.shape
     if rois.shape[0] == 0:
         return features.new_zeros((0, c, output_size, output_size))
-    rois = rois.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
+    # Constants: no gradient flows to the RoIs (as in training, where proposals are detached).
+    rois = rois.detach().to(torch.float64 if features.dtype == torch.float64 else torch.float32)
     if torch.is_grad_enabled() and features.requires_grad:
         return _RoIAlignFunction.apply(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
     return _roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)[0]
@@ -239,8 +240,10 @@ class _RoIAlignFunction(torch.autograd.Function):
         accumulate = torch.promote_types(ctx.feature_dtype, torch.float32)
         grad_flat = grad_out.new_zeros((n * h * w, c), dtype=accumulate)
         grad = grad_out.permute(0, 2, 3, 1)  # (R, P, P, C)
-        for idx, plan in zip(ctx.chunks, ctx.plans, strict=True):
-            _align_chunk_backward(grad[idx].to(accumulate), plan, grad_flat)
+        # A backward called inside an autocast block would otherwise run the products in its type.
+        with torch.autocast(grad_out.device.type, enabled=False):
+            for idx, plan in zip(ctx.chunks, ctx.plans, strict=True):
+                _align_chunk_backward(grad[idx].to(accumulate), plan, grad_flat)
         # (N*H*W, C) -> (N, C, H, W) channels-last, as the features usually are.
         grad_features = grad_flat.view(n, h, w, c).permute(0, 3, 1, 2).to(ctx.feature_dtype)
         return grad_features, None, None, None, None, None

@@ -147,7 +147,7 @@ def roi_pool(features: Tensor, rois: Tensor, output_size: int, spatial_scale: fl
     r = rois.shape[0]
     if r == 0:
         return features.new_zeros((0, c, output_size, output_size))
-    rois = rois.to(torch.float64 if features.dtype == torch.float64 else torch.float32)
+    rois = rois.detach().to(torch.float64 if features.dtype == torch.float64 else torch.float32)
     if torch.is_grad_enabled() and features.requires_grad:
         return _RoIPoolFunction.apply(features, rois, output_size, spatial_scale)
     return _roi_pool(features, rois, output_size, spatial_scale, with_argmax=False)[0].permute(0, 3, 1, 2)

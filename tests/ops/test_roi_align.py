@@ -271,6 +271,18 @@ def test_backward_in_float32_and_bfloat16_features() -> None:
         torch.testing.assert_close(f.grad.double(), expected, rtol=tol, atol=tol)
 
 
+def test_backward_called_inside_autocast_and_rois_are_constants() -> None:
+    """``backward()`` inside a bfloat16 autocast block (the products stay in the accumulation type),
+    and RoIs that require a gradient get none: they are constants, with or without feature gradients."""
+    features = _features(n=3, c=4, h=9, w=10, seed=3).float().requires_grad_(True)
+    rois = _rois(1.0)[:5].float().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(features * 1, rois, 3, 1.0, 2, True)
+        out.float().sum().backward()
+    assert features.grad is not None and features.grad.dtype == torch.float32
+    assert rois.grad is None and not roi_align(features.detach(), rois, 3, 1.0, 2, True).requires_grad
+
+
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("chunk_elements", [None, 40_000])
 def test_linear_map_gives_bin_centres(
