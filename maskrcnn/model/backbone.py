@@ -102,9 +102,13 @@ def projection(
 
 
 def residual_relu(out: Tensor, x: Tensor, shortcut: nn.Module | None) -> Tensor:
-    """``relu(out + shortcut(x))``, the identity when there is no projection."""
-    out = out + (x if shortcut is None else conv_bn(x, shortcut[0], shortcut[1]))
-    return torch.relu_(out)
+    """``relu(out + shortcut(x))``, the identity when there is no projection.
+
+    In place: ``out`` is a fresh convolution or norm output whose backward does
+    not read it, so no map-sized buffer is allocated (autograd would refuse the
+    backward if one did).
+    """
+    return out.add_(x if shortcut is None else conv_bn(x, shortcut[0], shortcut[1])).relu_()
 
 
 class BasicBlock(nn.Module):

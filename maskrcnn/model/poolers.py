@@ -58,22 +58,30 @@ class MultiLevelRoIPooler(nn.Module):
         )
         rois = torch.cat((batch_index, torch.cat(boxes)), dim=1)  # (R, 5)
         n, c = features[0].shape[:2]
-        out = features[0].new_zeros((rois.shape[0], c, self.resolution, self.resolution))
         if rois.shape[0] == 0:
-            return out
+            return features[0].new_zeros((0, c, self.resolution, self.resolution))
         min_level, max_level = level_range(self.strides)
         levels = level_of_boxes(
             rois[:, 1:], min_level=min_level, max_level=max_level,
             canonical_size=self.canonical_box_size, canonical_level=self.canonical_level,
             eps=self.level_eps,
         )
+        # Pool each level's RoIs, concatenate in level order, and gather back into
+        # the RoIs' order: one copy forward and one scatter backward, where writing
+        # into a zero output level by level copies the whole output per level.
+        order, pooled = [], []
         for level, (feature, stride) in enumerate(zip(features, self.strides, strict=True)):
             idx = (levels == level).nonzero(as_tuple=True)[0]
             if idx.numel() == 0:
                 continue
-            pooled = self._pool(feature, rois[idx], 1.0 / stride)
-            out = out.index_copy(0, idx, pooled)
-        return out
+            order.append(idx)
+            pooled.append(self._pool(feature, rois[idx], 1.0 / stride))
+        if len(pooled) == 1:
+            return pooled[0]  # one level: already in the RoIs' order
+        order = torch.cat(order)
+        position = torch.empty_like(order)
+        position[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(pooled).index_select(0, position)
 
     def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         match self.kind:

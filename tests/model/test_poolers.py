@@ -102,3 +102,39 @@ def test_unknown_pooler_kind_is_refused() -> None:
         MultiLevelRoIPooler(strides=STRIDES, resolution=7, sampling_ratio=2, aligned=False,
                             canonical_box_size=224.0, canonical_level=4, level_eps=1e-6,
                             kind="roi_algin")  # type: ignore[arg-type]
+
+
+def test_each_roi_and_its_gradient_are_those_of_pooling_it_alone_at_its_level() -> None:
+    """Random boxes over all levels and images: values and feature gradients equal RoIAlign RoI by RoI."""
+    from maskrcnn.model.poolers import level_of_boxes
+    from maskrcnn.ops.roi_align import roi_align
+
+    g = torch.Generator().manual_seed(1)
+    pooler = _pooler(aligned=True)
+    for case in range(20):
+        features = [torch.randn(2, 3, IMAGE // s, IMAGE // s, generator=g).requires_grad_() for s in STRIDES]
+        boxes = []
+        for _ in range(2):
+            count = int(torch.randint(0, 12, (), generator=g))
+            xy = torch.rand(count, 2, generator=g) * 400
+            side = torch.exp(torch.rand(count, 2, generator=g) * 5.5) + 1  # 2 to 250 pixels
+            boxes.append(torch.cat((xy, xy + side), dim=1))
+        pooled = pooler(features, boxes)
+        weights = torch.randn(pooled.shape, generator=g)
+        got = torch.autograd.grad((pooled * weights).sum(), features, allow_unused=True)
+        rois = torch.cat([torch.cat((torch.full((len(b), 1), float(i)), b), 1) for i, b in enumerate(boxes)])
+        levels = level_of_boxes(rois[:, 1:], min_level=2, max_level=5, canonical_size=224.0, canonical_level=4,
+                                eps=1e-6)
+        expected = [roi_align(features[int(lv)], rois[r : r + 1], 7, 1.0 / STRIDES[int(lv)], 2, True)
+                    for r, lv in enumerate(levels)]
+        assert pooled.shape == (len(rois), 3, 7, 7)
+        if not expected:
+            continue
+        expected = torch.cat(expected)
+        torch.testing.assert_close(pooled, expected, msg=f"case {case}")
+        want = torch.autograd.grad((expected * weights).sum(), features, allow_unused=True)
+        for a, b in zip(got, want, strict=True):
+            if a is None or b is None:
+                assert (a is None or not a.any()) and (b is None or not b.any())
+            else:
+                torch.testing.assert_close(a, b, msg=f"case {case}")

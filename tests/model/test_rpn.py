@@ -6,10 +6,12 @@ of a ``(H, W)`` map is the square centred at ``(8 x, 8 y)``, row-major.
 
 from __future__ import annotations
 
+import pytest
 import torch
+from torch.nn import functional as F
 
 from maskrcnn.model.anchors import AnchorGenerator
-from maskrcnn.model.rpn import RPN, RPNHead, RPNOutput, TopK
+from maskrcnn.model.rpn import RPN, RPNHead, RPNOutput, TopK, best_first
 from maskrcnn.ops.boxes import BoxCoder
 from maskrcnn.ops.matching import BalancedSampler
 from maskrcnn.structures import ImageBatch, Targets
@@ -103,3 +105,54 @@ def test_loss_uses_trainings_top_k_and_predict_inferences() -> None:
     assert len(test) == 3
     # Inference's proposals are the best three of training's (same scores, fewer kept).
     torch.testing.assert_close(test.scores, train.scores[:3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_best_first_equals_the_full_stable_sort(dtype):
+    """The top-k shortcut picks what a full stable sort's first k would, ties by index, over many rows."""
+    generator = torch.Generator().manual_seed(0)
+    for case in range(300):
+        rows = int(torch.randint(0, 4, (), generator=generator))
+        length = int(torch.randint(1, 3000, (), generator=generator))
+        k = int(torch.randint(1, length + 50, (), generator=generator))
+        levels = int(torch.randint(1, 40, (), generator=generator))  # few distinct values: many ties
+        scores = (torch.randint(0, levels, (rows, length), generator=generator).to(torch.float32) / 7
+                  + (0 if case % 2 else torch.randn(rows, length, generator=generator))).to(dtype)
+        expected = scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+        assert torch.equal(best_first(scores, k), expected), (case, rows, length, k)
+
+
+def test_best_first_with_nan_keeps_the_sort_order():
+    scores = torch.tensor([[0.5, float("nan"), 0.5, 2.0, -1.0]])
+    expected = scores.sort(dim=1, descending=True, stable=True).indices[:, :2]
+    assert torch.equal(best_first(scores, 2), expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_head_equals_two_separate_convolutions_forward_and_backward(channels_last):
+    """The fused 1x1 convolution gives the objectness and deltas (and gradients) of the two separate ones."""
+    torch.manual_seed(0)
+    head = RPNHead(in_channels=8, num_anchors=3)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    head = head.to(memory_format=fmt)
+    features = [torch.randn(2, 8, h, w).contiguous(memory_format=fmt).requires_grad_() for h, w in ((6, 5), (3, 3))]
+    logits, deltas = head(features)
+    expect_logits, expect_deltas = [], []
+    for x in features:
+        t = torch.relu(head.conv(x))
+        o, d = F.conv2d(t, head.objectness.weight, head.objectness.bias), F.conv2d(t, head.deltas.weight,
+                                                                                  head.deltas.bias)
+        expect_logits.append(o.permute(0, 2, 3, 1).reshape(2, -1))
+        expect_deltas.append(d.view(2, 3, 4, *d.shape[2:]).permute(0, 3, 4, 1, 2).reshape(2, -1, 4))
+    torch.testing.assert_close(logits, torch.cat(expect_logits, 1))
+    torch.testing.assert_close(deltas, torch.cat(expect_deltas, 1))
+    weights = torch.randn_like(logits), torch.randn_like(deltas)
+    got = torch.autograd.grad((logits * weights[0]).sum() + (deltas * weights[1]).sum(),
+                              [*features, head.objectness.weight, head.deltas.weight])
+    want = torch.autograd.grad((torch.cat(expect_logits, 1) * weights[0]).sum()
+                               + (torch.cat(expect_deltas, 1) * weights[1]).sum(),
+                               [*features, head.objectness.weight, head.deltas.weight])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
