@@ -153,14 +153,15 @@ def test_dilated_res5_keeps_stride_16() -> None:
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn", "gn"])
 @pytest.mark.parametrize("depth", [18, 50])
 def test_residual_add_in_place_keeps_the_gradients(norm: str, depth: int) -> None:
-    """The in-place residual add and ReLU give the gradients of ``relu(out + shortcut)`` written out of place."""
+    """The in-place residual add and ReLU give the gradients of ``relu(out + shortcut)`` out of place."""
     from maskrcnn.model import backbone as module
 
     torch.manual_seed(0)
     net = ResNet(depth=depth, norm=norm, freeze_at=0, base_channels=8).train()
     x = torch.randn(2, 3, 64, 64)
     outputs = net(x)
-    got = torch.autograd.grad(sum((o * o).mean() for o in outputs), [p for p in net.parameters() if p.requires_grad])
+    params = [p for p in net.parameters() if p.requires_grad]
+    got = torch.autograd.grad(sum((o * o).mean() for o in outputs), params)
 
     def out_of_place(out, x, shortcut):
         return torch.relu(out + (x if shortcut is None else module.conv_bn(x, shortcut[0], shortcut[1])))
@@ -170,8 +171,7 @@ def test_residual_add_in_place_keeps_the_gradients(norm: str, depth: int) -> Non
     try:
         torch.manual_seed(0)
         outputs = net(x)
-        want = torch.autograd.grad(sum((o * o).mean() for o in outputs),
-                                   [p for p in net.parameters() if p.requires_grad])
+        want = torch.autograd.grad(sum((o * o).mean() for o in outputs), params)
     finally:
         module.residual_relu = original
     for a, b in zip(got, want, strict=True):

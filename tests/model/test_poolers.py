@@ -123,10 +123,10 @@ def test_each_roi_and_its_gradient_are_those_of_pooling_it_alone_at_its_level() 
         weights = torch.randn(pooled.shape, generator=g)
         got = torch.autograd.grad((pooled * weights).sum(), features, allow_unused=True)
         rois = torch.cat([torch.cat((torch.full((len(b), 1), float(i)), b), 1) for i, b in enumerate(boxes)])
-        levels = level_of_boxes(rois[:, 1:], min_level=2, max_level=5, canonical_size=224.0, canonical_level=4,
-                                eps=1e-6)
-        expected = [roi_align(features[int(lv)], rois[r : r + 1], 7, 1.0 / STRIDES[int(lv)], 2, True)
-                    for r, lv in enumerate(levels)]
+        levels = level_of_boxes(rois[:, 1:], min_level=2, max_level=5, canonical_size=224.0,
+                                canonical_level=4, eps=1e-6)
+        expected = [roi_align(features[int(level)], rois[r : r + 1], 7, 1.0 / STRIDES[int(level)], 2, True)
+                    for r, level in enumerate(levels)]
         assert pooled.shape == (len(rois), 3, 7, 7)
         if not expected:
             continue

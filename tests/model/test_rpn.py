@@ -137,7 +137,8 @@ def test_head_equals_two_separate_convolutions_forward_and_backward(channels_las
         torch.nn.init.normal_(p, std=0.3)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     head = head.to(memory_format=fmt)
-    features = [torch.randn(2, 8, h, w).contiguous(memory_format=fmt).requires_grad_() for h, w in ((6, 5), (3, 3))]
+    features = [torch.randn(2, 8, h, w).contiguous(memory_format=fmt).requires_grad_()
+                for h, w in ((6, 5), (3, 3))]
     logits, deltas = head(features)
     expect_logits, expect_deltas = [], []
     for x in features:
