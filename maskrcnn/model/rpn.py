@@ -202,7 +202,7 @@ def best_first(scores: Tensor, k: int) -> Tensor:
     regions give many exactly equal logits, so the exported model and this
     one agree only if both break ties the same way.
     """
-    if k >= scores.shape[1] or scores.isnan().any():
+    if not 0 < k < scores.shape[1] or scores.isnan().any():
         return scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
     # Only scores at least the k-th highest can make the cut (all of them: ties at
     # the k-th included); sorting those alone, stably and in index order, gives the

@@ -114,7 +114,7 @@ def test_best_first_equals_the_full_stable_sort(dtype):
     for case in range(300):
         rows = int(torch.randint(0, 4, (), generator=generator))
         length = int(torch.randint(1, 3000, (), generator=generator))
-        k = int(torch.randint(1, length + 50, (), generator=generator))
+        k = int(torch.randint(0, length + 50, (), generator=generator))
         levels = int(torch.randint(1, 40, (), generator=generator))  # few distinct values: many ties
         scores = (torch.randint(0, levels, (rows, length), generator=generator).to(torch.float32) / 7
                   + (0 if case % 2 else torch.randn(rows, length, generator=generator))).to(dtype)
