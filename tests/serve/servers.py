@@ -38,9 +38,11 @@ class FakePredictor(BasePredictor):
     """``FAKE_DETECTIONS`` for every image (boxes cut to its size), kept above the threshold as the
     model keeps them; records each batch's size. ``delay`` seconds per batch; ``fail`` raises."""
 
-    def __init__(self, *, delay: float = 0.0) -> None:
+    def __init__(self, *, delay: float = 0.0, gate: threading.Event | None = None) -> None:
         super().__init__(small_config())
         self.delay = delay
+        self.gate = gate  # when given, each batch waits until it is set
+        self.started = threading.Event()  # set when a batch starts running
         self.fail = False
         self.batch_sizes: list[int] = []
         self.device = torch.device("cpu")
@@ -48,6 +50,9 @@ class FakePredictor(BasePredictor):
     def run(self, images: Sequence[np.ndarray], score_threshold: float | None,
             timings: dict[str, float] | None) -> list[Detections]:
         self.batch_sizes.append(len(images))
+        self.started.set()
+        if self.gate is not None:
+            self.gate.wait(30)
         time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("the fake model failed")

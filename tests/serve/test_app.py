@@ -6,6 +6,8 @@ import concurrent.futures
 import io
 import json
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -256,12 +258,25 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer() -> None:
 
 
 def test_requests_beyond_the_queue_get_503() -> None:
-    fake = FakePredictor(delay=0.5)
+    """One request runs (held by a gate), one waits in the queue, the third is turned away at once."""
+    gate = threading.Event()
+    fake = FakePredictor(gate=gate)
     app = create_app(fake, weights_name="fake.pt", max_batch=1)
-    app.state.batcher.max_queued = 1  # one request waits while one runs
+    batcher = app.state.batcher
+    batcher.max_queued = 1  # one request waits while one runs
     with live_server(app) as url, concurrent.futures.ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(_status, url) for _ in range(3)]
-        assert sorted(f.result() for f in futures) == [200, 200, 503]
+        try:
+            running = pool.submit(_status, url)
+            assert fake.started.wait(30), "the first request never reached the model"
+            waiting = pool.submit(_status, url)
+            deadline = time.monotonic() + 30
+            while len(batcher._pending) < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(batcher._pending) == 1, "the second request never reached the queue"
+            assert _status(url) == 503
+        finally:
+            gate.set()
+        assert (running.result(), waiting.result()) == (200, 200)
 
 
 def _status(url: str) -> int:
